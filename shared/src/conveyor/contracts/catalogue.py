@@ -1,0 +1,336 @@
+"""The message catalogue: every event and command Conveyor puts on the bus.
+
+``docs/messages.md`` and ``docs/asyncapi.yaml`` are generated from this module
+(``conveyor contracts docs``); change the models, then regenerate.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Literal
+from uuid import UUID
+
+from pydantic import AwareDatetime, Field, StringConstraints
+
+from conveyor.contracts.common import (
+    CommandAuthorization,
+    FilePath,
+    PackageName,
+    Sha256,
+    VersionId,
+)
+from conveyor.contracts.envelope import EnvName, MessageKind, NodeName, Payload
+from conveyor.contracts.registry import Registry
+
+__all__ = [
+    "CATALOGUE",
+    "ChangesetApplied",
+    "ChangesetApply",
+    "ChangesetCreated",
+    "ChangesetFailed",
+    "DeploymentFailed",
+    "DeploymentNodeFailed",
+    "DeploymentNodeSucceeded",
+    "DeploymentRequested",
+    "DeploymentStarted",
+    "DeploymentSucceeded",
+    "DriftDetected",
+    "FirewallDisable",
+    "FirewallDisabled",
+    "FirewallEnable",
+    "FirewallEnabled",
+    "FirewallRejected",
+    "MessageDeadLettered",
+    "NodeHeartbeat",
+    "NodeOutcome",
+]
+
+Text = Annotated[str, StringConstraints(min_length=1, max_length=2000)]
+Seconds = Annotated[float, Field(ge=0)]
+
+
+# -- nodes ---------------------------------------------------------------------
+
+
+class NodeHeartbeat(Payload, message_type="node.heartbeat"):
+    """A node agent is alive; sent periodically by every agent on every node."""
+
+    node: NodeName
+    agent: Literal["changelog-listener", "firewall-agent"]
+    agent_version: VersionId
+    started_at: AwareDatetime
+    packages: dict[PackageName, VersionId] = Field(
+        default_factory=dict, description="package → version the node runs now"
+    )
+
+
+# -- changesets ----------------------------------------------------------------
+
+
+class ChangesetCreated(Payload, message_type="changeset.created"):
+    """A changeset was cut from a package and stored in the artifact store."""
+
+    changeset_id: Sha256 = Field(description="sha256 of the archive; archives are deterministic")
+    package: PackageName
+    parent_version: VersionId | None = Field(description="None for a package's first changeset")
+    version: VersionId
+    author: Text
+    message: Text
+    created_at: AwareDatetime
+    archive_size: int = Field(ge=0)
+    files_added: int = Field(ge=0)
+    files_modified: int = Field(ge=0)
+    files_deleted: int = Field(ge=0)
+
+
+class ChangesetApply(
+    Payload,
+    message_type="changeset.apply",
+    kind=MessageKind.COMMAND,
+    target_field="node",
+):
+    """Apply a changeset on one node (signed by the deployment server)."""
+
+    deployment_id: UUID
+    node: NodeName
+    changeset_id: Sha256
+    package: PackageName
+    parent_version: VersionId | None
+    version: VersionId
+    archive_url: Annotated[str, StringConstraints(min_length=1, max_length=2048)]
+    authorization: CommandAuthorization
+
+
+class ChangesetApplied(Payload, message_type="changeset.applied"):
+    """A node switched to a changeset's version and passed its health check."""
+
+    deployment_id: UUID | None
+    node: NodeName
+    changeset_id: Sha256
+    package: PackageName
+    version: VersionId
+    previous_version: VersionId | None
+    duration_s: Seconds
+
+
+class ApplyStage(StrEnum):
+    DOWNLOAD = "download"
+    VERIFY = "verify"
+    PARENT_MISMATCH = "parent_mismatch"
+    UNPACK = "unpack"
+    SWITCH = "switch"
+    RESTART = "restart"
+    HEALTH_CHECK = "health_check"
+    AUTHORIZATION = "authorization"
+
+
+class ChangesetFailed(Payload, message_type="changeset.failed"):
+    """A node could not apply a changeset; it says at which stage and what it runs now."""
+
+    deployment_id: UUID | None
+    node: NodeName
+    changeset_id: Sha256
+    package: PackageName
+    version: VersionId
+    stage: ApplyStage
+    error: Text
+    switched_back: bool = Field(description="the node switched back to running_version itself")
+    running_version: VersionId | None
+
+
+# -- deployments ---------------------------------------------------------------
+
+
+class DeploymentRequested(Payload, message_type="deployment.requested"):
+    """Someone asked to promote a package version into an environment."""
+
+    deployment_id: UUID
+    package: PackageName
+    version: VersionId
+    from_env: EnvName | None
+    to_env: EnvName
+    requested_by: Text
+    strategy: Literal["waves", "all-at-once"] = "waves"
+    reason: Text | None = None
+
+
+class DeploymentStarted(Payload, message_type="deployment.started"):
+    """Gates passed; the deployer is sending the changeset to the nodes in waves."""
+
+    deployment_id: UUID
+    package: PackageName
+    version: VersionId
+    to_env: EnvName
+    waves: list[list[NodeName]] = Field(min_length=1, description="canary wave first")
+    failure_budget: int = Field(ge=0, description="failed nodes tolerated before rollback")
+
+
+class DeploymentNodeSucceeded(Payload, message_type="deployment.node.succeeded"):
+    deployment_id: UUID
+    package: PackageName
+    version: VersionId
+    node: NodeName
+    wave: int = Field(ge=0)
+    duration_s: Seconds
+
+
+class NodeOutcome(StrEnum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    ROLLED_BACK = "rolled_back"
+    UNREACHABLE = "unreachable"
+
+
+class DeploymentNodeFailed(Payload, message_type="deployment.node.failed"):
+    deployment_id: UUID
+    package: PackageName
+    version: VersionId
+    node: NodeName
+    wave: int = Field(ge=0)
+    outcome: Literal[NodeOutcome.FAILED, NodeOutcome.ROLLED_BACK, NodeOutcome.UNREACHABLE]
+    error: Text
+
+
+class DeploymentSucceeded(Payload, message_type="deployment.succeeded"):
+    deployment_id: UUID
+    package: PackageName
+    version: VersionId
+    to_env: EnvName
+    nodes: dict[NodeName, NodeOutcome]
+    duration_s: Seconds
+
+
+class DeploymentFailed(Payload, message_type="deployment.failed"):
+    """The deployment stopped; every node is in an explicit final state."""
+
+    deployment_id: UUID
+    package: PackageName
+    version: VersionId
+    to_env: EnvName
+    reason: Text
+    nodes: dict[NodeName, NodeOutcome]
+    rolled_back: bool
+    duration_s: Seconds
+
+
+# -- drift ---------------------------------------------------------------------
+
+
+class DriftDetected(Payload, message_type="drift.detected"):
+    """A node's deployed files differ from the version recorded for it."""
+
+    node: NodeName
+    package: PackageName
+    expected_version: VersionId
+    added: list[FilePath] = Field(default_factory=list)
+    modified: list[FilePath] = Field(default_factory=list)
+    deleted: list[FilePath] = Field(default_factory=list)
+
+
+# -- firewall ------------------------------------------------------------------
+
+FirewallBackend = Literal["nftables", "iptables-nft", "iptables-legacy", "ufw", "firewalld"]
+
+
+class FirewallDisable(
+    Payload,
+    message_type="firewall.disable",
+    kind=MessageKind.COMMAND,
+    target_field="node",
+):
+    """Disable one node's firewall for a lease (signed by the deployment server)."""
+
+    request_id: UUID
+    node: NodeName
+    lease_s: int = Field(gt=0, le=7 * 24 * 3600)
+    reason: Text
+    authorization: CommandAuthorization
+
+
+class FirewallEnable(
+    Payload,
+    message_type="firewall.enable",
+    kind=MessageKind.COMMAND,
+    target_field="node",
+):
+    """Restore one node's firewall now (signed by the deployment server)."""
+
+    request_id: UUID
+    node: NodeName
+    reason: Text
+    authorization: CommandAuthorization
+
+
+class FirewallDisabled(Payload, message_type="firewall.disabled"):
+    request_id: UUID
+    node: NodeName
+    backend: FirewallBackend
+    lease_expires_at: AwareDatetime
+    reason: Text
+    already_disabled: bool = False
+
+
+class FirewallEnabled(Payload, message_type="firewall.enabled"):
+    request_id: UUID | None = Field(description="None when the lease expired or the agent restored at start")
+    node: NodeName
+    backend: FirewallBackend
+    trigger: Literal["requested", "lease_expired", "agent_start"]
+
+
+class FirewallRejected(Payload, message_type="firewall.rejected"):
+    """An agent refused a firewall command; nothing was changed."""
+
+    request_id: UUID
+    node: NodeName
+    command: Literal["disable", "enable"]
+    reason: Text
+
+
+# -- the bus itself ------------------------------------------------------------
+
+
+class DeadLetterReason(StrEnum):
+    MALFORMED = "malformed"
+    UNKNOWN_TYPE = "unknown_type"
+    UNSUPPORTED_SCHEMA_VERSION = "unsupported_schema_version"
+    INVALID_PAYLOAD = "invalid_payload"
+    RETRIES_EXHAUSTED = "retries_exhausted"
+
+
+class MessageDeadLettered(Payload, message_type="message.dead_lettered"):
+    """A consumer gave up on a message and parked it in its dead-letter queue."""
+
+    message_id: str | None = Field(description="None when the message carried no usable id")
+    original_type: str | None = Field(description="the message's type, when it could be read")
+    queue: Annotated[str, StringConstraints(min_length=1)]
+    dead_letter_queue: Annotated[str, StringConstraints(min_length=1)]
+    reason: DeadLetterReason
+    error: Text
+    attempts: int = Field(ge=1)
+    original_routing_key: str
+    dead_lettered_at: AwareDatetime
+
+
+CATALOGUE = Registry(
+    [
+        NodeHeartbeat,
+        ChangesetCreated,
+        ChangesetApply,
+        ChangesetApplied,
+        ChangesetFailed,
+        DeploymentRequested,
+        DeploymentStarted,
+        DeploymentNodeSucceeded,
+        DeploymentNodeFailed,
+        DeploymentSucceeded,
+        DeploymentFailed,
+        DriftDetected,
+        FirewallDisable,
+        FirewallEnable,
+        FirewallDisabled,
+        FirewallEnabled,
+        FirewallRejected,
+        MessageDeadLettered,
+    ]
+)
+

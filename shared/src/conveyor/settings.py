@@ -1,0 +1,129 @@
+"""Settings shared by every Conveyor process, read from the environment.
+
+Each service subclasses :class:`ServiceSettings` with its own prefix
+(``CONVEYOR_<SERVICE>_``); nothing is read until the class is instantiated.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any, ClassVar
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = [
+    "DEFAULT_ENVS",
+    "BusSettings",
+    "LogFormat",
+    "ServiceSettings",
+    "redact_url",
+    "redacted",
+]
+
+DEFAULT_ENVS: dict[str, str] = {
+    "dev": "amqp://guest:guest@127.0.0.1:5672/dev",
+    "qa": "amqp://guest:guest@127.0.0.1:5672/qa",
+    "prod": "amqp://guest:guest@127.0.0.1:5672/prod",
+}
+
+
+class LogFormat(StrEnum):
+    AUTO = "auto"  # JSON unless stderr is a terminal
+    JSON = "json"
+    CONSOLE = "console"
+
+
+def redact_url(url: str) -> str:
+    """``amqp://user:secret@host/vhost`` → ``amqp://user:***@host/vhost``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _check_amqp_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in {"amqp", "amqps"} or not parts.hostname:
+        raise ValueError(f"{url!r} is not an AMQP URL (expected amqp[s]://user:pass@host:port/vhost)")
+    return url
+
+
+class BusSettings(BaseModel):
+    """How a process talks to the brokers; embedded in every service's settings."""
+
+    prefetch: int = Field(default=32, ge=1, le=10_000)
+    retry_delays_s: list[Annotated[float, Field(gt=0)]] = Field(
+        default_factory=lambda: [1.0, 5.0, 30.0],
+        description="delay before each retry of a failed handler; its length is the retry count",
+    )
+    delivery_limit: int = Field(
+        default=20,
+        ge=1,
+        description="broker-side cap on redeliveries (crash loops), then dead-letter",
+    )
+    publish_timeout_s: float = Field(default=30.0, gt=0, description="give up publishing after this")
+    reconnect_interval_s: float = Field(default=2.0, gt=0)
+    shutdown_grace_s: float = Field(default=30.0, ge=0, description="wait for in-flight handlers")
+    idempotency_capacity: int = Field(default=100_000, ge=1, description="message ids remembered")
+
+
+class ServiceSettings(BaseSettings):
+    """What every service has: its brokers, HTTP listener, logging, bus tuning."""
+
+    model_config = SettingsConfigDict(env_nested_delimiter="__", extra="ignore")
+
+    service_name: ClassVar[str] = "conveyor"
+
+    envs: dict[str, str] = Field(
+        default_factory=lambda: dict(DEFAULT_ENVS),
+        description="environment → AMQP URL, in promotion order (JSON)",
+    )
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8100, ge=0, le=65535)
+    log_level: str = "info"
+    log_format: LogFormat = LogFormat.AUTO
+    bus: BusSettings = Field(default_factory=BusSettings)
+
+    @field_validator("envs")
+    @classmethod
+    def _check_envs(cls, value: dict[str, str]) -> dict[str, str]:
+        if not value:
+            raise ValueError("at least one environment is needed")
+        for name, url in value.items():
+            _check_amqp_url(url)
+            if not name or "." in name:
+                raise ValueError(f"environment name {name!r} must be non-empty and contain no '.'")
+        return value
+
+    def selected_envs(self) -> dict[str, str]:
+        """The environments this process connects to (all of them, by default)."""
+        return dict(self.envs)
+
+
+def redacted(settings: BaseModel) -> dict[str, Any]:
+    """The settings as plain data with secrets masked: SecretStr and URL passwords."""
+
+    def walk(value: Any) -> Any:
+        if isinstance(value, SecretStr):
+            return "**********" if value.get_secret_value() else ""
+        if isinstance(value, BaseModel):
+            return {name: walk(getattr(value, name)) for name in type(value).model_fields}
+        if isinstance(value, dict):
+            return {key: walk(item) for key, item in value.items()}
+        if isinstance(value, list | tuple):
+            return [walk(item) for item in value]
+        if isinstance(value, str) and "://" in value:
+            return redact_url(value)
+        if isinstance(value, StrEnum):
+            return value.value
+        return value
+
+    result = walk(settings)
+    assert isinstance(result, dict)
+    return result
