@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 from typing import Any
@@ -135,10 +136,11 @@ async def test_failing_handler_is_retried_with_growing_delay_then_dead_lettered(
     # Later messages flowed past the failing one long before it gave up.
     assert handled == ["v1", "v2", "v3", "v4", "v5"]
     assert len(attempts) == 4  # first try + 3 retries
-    gaps = [b - a for a, b in zip(attempts, attempts[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(attempts)]
+    # Each retry waited at least its own, growing delay (the delay queue's TTL
+    # guarantees the lower bound; a loaded machine can only add to it).
     for gap, delay in zip(gaps, [0.2, 0.4, 0.8], strict=True):
-        assert gap >= delay * 0.9
-    assert gaps[0] < gaps[1] < gaps[2]
+        assert delay * 0.95 <= gap < delay + 5
 
     dead: MessageDeadLettered = announcement.payload
     assert dead.message_id == str(poison.id)
@@ -222,12 +224,15 @@ async def test_stop_lets_in_flight_handlers_finish_and_returns_the_rest(
     bus = make_bus()
     await bus.connect()
     consumer = bus.consumer(QueueSpec(name="slow", binding_keys=("drift.*",)))
-    started = asyncio.Event()
+    all_started = asyncio.Event()
     release = asyncio.Event()
+    running: list[str] = []
     finished: list[str] = []
 
     async def handle(envelope: Envelope[DriftDetected]) -> None:
-        started.set()
+        running.append(envelope.payload.expected_version)
+        if len(running) == 5:  # prefetch lets all five start
+            all_started.set()
         await release.wait()
         finished.append(envelope.payload.expected_version)
 
@@ -235,9 +240,8 @@ async def test_stop_lets_in_flight_handlers_finish_and_returns_the_rest(
     await consumer.start()
     for n in range(5):
         await bus.publish(bus.wrap(drift(n)))
-    await asyncio.wait_for(started.wait(), 10)
-    while consumer.in_flight < 5:  # prefetch lets all five start
-        await asyncio.sleep(0.01)
+    await asyncio.wait_for(all_started.wait(), 10)
+    assert consumer.in_flight == 5
 
     stopping = asyncio.create_task(consumer.stop())
     await asyncio.sleep(0.2)

@@ -79,7 +79,8 @@ async def test_force_closed_connections_lose_nothing_and_duplicate_nothing(
     await asyncio.sleep(0.5)  # let any late redelivery show itself
 
     assert len(killed) == 2, killed
-    assert consumer_bus.connected and publisher_bus.connected
+    assert consumer_bus.connected
+    assert publisher_bus.connected
     assert set(handled) == {str(e.id) for e in sent}
     assert len(handled) == TOTAL
     assert max(handled.values()) == 1, "a message was handled twice"

@@ -6,18 +6,24 @@ Each service subclasses :class:`ServiceSettings` with its own prefix
 
 from __future__ import annotations
 
+import re
+import socket
+import sys
 from enum import StrEnum
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import AfterValidator, BaseModel, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = [
     "DEFAULT_ENVS",
     "BusSettings",
+    "CliSettings",
     "LogFormat",
+    "NodeAgentSettings",
     "ServiceSettings",
+    "load_settings",
     "redact_url",
     "redacted",
 ]
@@ -54,13 +60,27 @@ def _check_amqp_url(url: str) -> str:
     return url
 
 
+def _check_envs(value: dict[str, str]) -> dict[str, str]:
+    if not value:
+        raise ValueError("at least one environment is needed")
+    for name, url in value.items():
+        _check_amqp_url(url)
+        if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,31}", name):
+            raise ValueError(f"environment name {name!r} must be lower-case letters, digits, '-' or '_'")
+    return value
+
+
+Envs = Annotated[dict[str, str], AfterValidator(_check_envs)]
+
+
 class BusSettings(BaseModel):
     """How a process talks to the brokers; embedded in every service's settings."""
 
     prefetch: int = Field(default=32, ge=1, le=10_000)
     retry_delays_s: list[Annotated[float, Field(gt=0)]] = Field(
-        default_factory=lambda: [1.0, 5.0, 30.0],
-        description="delay before each retry of a failed handler; its length is the retry count",
+        default_factory=lambda: [1.0, 4.0, 16.0, 64.0],
+        description="delay before each retry of a failed handler (exponential); its length is the "
+        "retry count",
     )
     delivery_limit: int = Field(
         default=20,
@@ -80,30 +100,57 @@ class ServiceSettings(BaseSettings):
 
     service_name: ClassVar[str] = "conveyor"
 
-    envs: dict[str, str] = Field(
+    envs: Envs = Field(
         default_factory=lambda: dict(DEFAULT_ENVS),
         description="environment → AMQP URL, in promotion order (JSON)",
     )
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8100, ge=0, le=65535)
+    http_access_log: bool = False
     log_level: str = "info"
     log_format: LogFormat = LogFormat.AUTO
     bus: BusSettings = Field(default_factory=BusSettings)
 
-    @field_validator("envs")
-    @classmethod
-    def _check_envs(cls, value: dict[str, str]) -> dict[str, str]:
-        if not value:
-            raise ValueError("at least one environment is needed")
-        for name, url in value.items():
-            _check_amqp_url(url)
-            if not name or "." in name:
-                raise ValueError(f"environment name {name!r} must be non-empty and contain no '.'")
-        return value
-
     def selected_envs(self) -> dict[str, str]:
         """The environments this process connects to (all of them, by default)."""
         return dict(self.envs)
+
+
+class CliSettings(BaseSettings):
+    """The ``conveyor`` command's own settings (``CONVEYOR_*``)."""
+
+    model_config = SettingsConfigDict(env_prefix="CONVEYOR_", extra="ignore")
+
+    envs: Envs = Field(
+        default_factory=lambda: dict(DEFAULT_ENVS),
+        description="environment → AMQP URL, in promotion order (JSON)",
+    )
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+
+
+def _default_node_name() -> str:
+    name = re.sub(r"[^a-z0-9_-]+", "-", socket.gethostname().split(".")[0].lower()).strip("-")
+    return name or "node"
+
+
+class NodeAgentSettings(ServiceSettings):
+    """An agent on one node, in one environment."""
+
+    env: str = Field(default="dev", description="the environment this node belongs to")
+    node: str = Field(
+        default_factory=_default_node_name,
+        pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$",
+        description="this node's inventory name (default: the host name)",
+    )
+
+    @model_validator(mode="after")
+    def _env_is_known(self) -> NodeAgentSettings:
+        if self.env not in self.envs:
+            raise ValueError(f"env {self.env!r} is not one of the configured envs: {', '.join(self.envs)}")
+        return self
+
+    def selected_envs(self) -> dict[str, str]:
+        return {self.env: self.envs[self.env]}
 
 
 def redacted(settings: BaseModel) -> dict[str, Any]:
@@ -127,3 +174,21 @@ def redacted(settings: BaseModel) -> dict[str, Any]:
     result = walk(settings)
     assert isinstance(result, dict)
     return result
+
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def load_settings(settings_class: type[S]) -> S:
+    """Read the settings, or exit with one line per bad setting naming its variable."""
+    try:
+        return settings_class()
+    except ValidationError as exc:
+        prefix = str(settings_class.model_config.get("env_prefix", ""))
+        what = getattr(settings_class, "service_name", settings_class.__name__)
+        print(f"error: invalid configuration of {what}:", file=sys.stderr)
+        for error in exc.errors(include_url=False):
+            name = "__".join(str(part) for part in error["loc"] if isinstance(part, str)).upper()
+            variable = f"{prefix}{name}" if name else prefix.rstrip("_")
+            print(f"  {variable}: {error['msg']}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,0 +1,5 @@
+"""Conveyor changelog-listener service."""
+
+from importlib.metadata import version
+
+__version__ = version("conveyor-changelog-listener")

@@ -1,0 +1,5 @@
+"""Conveyor notifier service."""
+
+from importlib.metadata import version
+
+__version__ = version("conveyor-notifier")

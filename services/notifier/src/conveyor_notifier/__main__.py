@@ -1,1 +1,15 @@
-def main() -> None: ...
+"""`conveyor-notifier`: run the service until SIGTERM."""
+
+from __future__ import annotations
+
+from conveyor.runtime import run_service
+from conveyor_notifier.app import create_app
+from conveyor_notifier.config import Settings
+
+
+def main() -> None:
+    run_service(Settings, create_app)
+
+
+if __name__ == "__main__":
+    main()

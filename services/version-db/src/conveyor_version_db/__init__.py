@@ -1,0 +1,5 @@
+"""Conveyor version-db service."""
+
+from importlib.metadata import version
+
+__version__ = version("conveyor-version-db")

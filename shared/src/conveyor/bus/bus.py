@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aio_pika
 import aiormq.exceptions
 from aio_pika.abc import AbstractExchange, AbstractRobustChannel, AbstractRobustConnection
 
+from conveyor.bus.consumer import Consumer
 from conveyor.bus.errors import BrokerUnavailable, PublishFailed, PublishRefused, UnroutableMessage
 from conveyor.bus.idempotency import IdempotencyStore, MemoryIdempotencyStore
 from conveyor.bus.topology import (
@@ -22,9 +23,6 @@ from conveyor.bus.topology import (
 from conveyor.contracts import CATALOGUE, Envelope, Payload, Registry
 from conveyor.observability import MESSAGES_PUBLISHED, get_logger
 from conveyor.settings import BusSettings, redact_url
-
-if TYPE_CHECKING:
-    from conveyor.bus.consumer import Consumer
 
 __all__ = ["Bus"]
 
@@ -73,6 +71,7 @@ class Bus:
         self._channel_lock = asyncio.Lock()
         self._exchanges: dict[str, AbstractExchange] = {}
         self._consumers: list[Consumer] = []
+        self._closing = False
 
     def __repr__(self) -> str:
         return f"Bus(env={self.env!r}, url={redact_url(self.url)!r})"
@@ -127,26 +126,30 @@ class Bus:
         return False
 
     def _on_connection_lost(self, _: Any, exc: BaseException | None) -> None:
-        if exc is not None:
+        if exc is not None and not self._closing and not isinstance(exc, asyncio.CancelledError):
             log.warning("broker_connection_lost", env=self.env, error=_describe(exc))
 
     def _on_reconnect(self, _: Any) -> None:
         log.info("broker_reconnected", env=self.env)
 
     def consumer(self, spec: QueueSpec) -> Consumer:
-        from conveyor.bus.consumer import Consumer
-
         consumer = Consumer(self, spec)
         self._consumers.append(consumer)
         return consumer
 
     async def close(self) -> None:
         """Stop every consumer (waiting for in-flight handlers), then disconnect."""
+        self._closing = True
         for consumer in self._consumers:
             await consumer.stop()
+        self._consumers.clear()
         if self._connection is not None:
             await self._connection.close()
             log.info("broker_disconnected", env=self.env)
+        self._connection = None
+        self._channel = None
+        self._exchanges.clear()
+        self._closing = False
 
     # -- publishing -----------------------------------------------------------
 

@@ -86,7 +86,7 @@ class Consumer:
         """Route messages of ``model``'s type to ``handler``."""
         if model.message_type in self._handlers:
             raise ValueError(f"{self.spec.name} already has a handler for {model.message_type}")
-        self._handlers[model.message_type] = handler  # type: ignore[assignment]
+        self._handlers[model.message_type] = handler
 
     @property
     def in_flight(self) -> int:
@@ -324,10 +324,11 @@ class Consumer:
     async def _announce_dead_letter(
         self, payload: MessageDeadLettered, correlation: Envelope[Any] | None
     ) -> None:
+        event: Envelope[Any]
         if correlation is not None:
             event = correlation.follow_up(payload, source=self.bus.service)
         else:
-            event: Envelope[Any] = self.bus.wrap(payload, causation_id=_uuid_or_none(payload.message_id))
+            event = self.bus.wrap(payload, causation_id=_uuid_or_none(payload.message_id))
         try:
             await self.bus.publish(event)
         except UnroutableMessage:

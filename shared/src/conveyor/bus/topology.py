@@ -47,9 +47,11 @@ class QueueSpec:
 
     def __post_init__(self) -> None:
         if not self.name or len(self.name) > 200:
-            raise ValueError(f"queue name {self.name!r} must be 1–200 characters")
+            raise ValueError(f"queue name {self.name!r} must be 1 to 200 characters")
         if self.exchange not in (EVENTS_EXCHANGE, COMMANDS_EXCHANGE):
-            raise ValueError(f"queues bind to {EVENTS_EXCHANGE} or {COMMANDS_EXCHANGE}, not {self.exchange!r}")
+            raise ValueError(
+                f"queues bind to {EVENTS_EXCHANGE} or {COMMANDS_EXCHANGE}, not {self.exchange!r}"
+            )
         if not self.binding_keys:
             raise ValueError(f"queue {self.name} needs at least one binding key")
 

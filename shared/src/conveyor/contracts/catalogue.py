@@ -333,4 +333,3 @@ CATALOGUE = Registry(
         MessageDeadLettered,
     ]
 )
-

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, ClassVar, Generic, TypeVar
+from typing import Annotated, Any, ClassVar, Generic, Self, TypeVar
 from uuid import UUID, uuid4
 
 from pydantic import (
@@ -15,12 +15,13 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
+    model_validator,
 )
 
 __all__ = [
     "ContractError",
-    "Envelope",
     "EnvName",
+    "Envelope",
     "InvalidPayload",
     "MalformedMessage",
     "MessageKind",
@@ -103,16 +104,44 @@ class Envelope(BaseModel, Generic[P]):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    id: UUID = Field(default_factory=uuid4)
-    type: MessageType
-    schema_version: int = Field(ge=1)
-    occurred_at: AwareDatetime = Field(default_factory=_now)
-    env: EnvName
-    source: Annotated[str, StringConstraints(min_length=1, max_length=200)]
-    correlation_id: UUID
-    causation_id: UUID | None = None
-    actor: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = None
-    payload: P
+    id: UUID = Field(
+        default_factory=uuid4,
+        description="Unique id of this message; consumers de-duplicate on it. AMQP `message_id`.",
+    )
+    type: MessageType = Field(
+        description="`<domain>.<verb>`; with `schema_version` it selects the payload model. AMQP `type`."
+    )
+    schema_version: int = Field(ge=1, description="Version of the payload schema for this type.")
+    occurred_at: AwareDatetime = Field(
+        default_factory=_now,
+        description="When the fact happened or the command was issued (timezone-aware ISO 8601).",
+    )
+    env: EnvName = Field(description="The environment the message belongs to; it is published only there.")
+    source: Annotated[str, StringConstraints(min_length=1, max_length=200)] = Field(
+        description="The service or agent that published the message. AMQP `app_id`."
+    )
+    correlation_id: UUID = Field(
+        description="Id of the first message of the flow this one belongs to (a new flow uses its own "
+        "`id`). AMQP `correlation_id`."
+    )
+    causation_id: UUID | None = Field(default=None, description="Id of the message that caused this one.")
+    actor: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = Field(
+        default=None,
+        description="Who the flow runs for (a person or a system); agents check it on signed commands.",
+    )
+    payload: P = Field(description="The body; its fields depend on `type` and `schema_version`.")
+
+    @model_validator(mode="after")
+    def _type_matches_payload(self) -> Self:
+        payload = self.payload
+        if isinstance(payload, Payload) and (
+            self.type != payload.message_type or self.schema_version != payload.schema_version
+        ):
+            raise ValueError(
+                f"envelope says {self.type} v{self.schema_version} but carries a "
+                f"{payload.message_type} v{payload.schema_version} payload"
+            )
+        return self
 
     @classmethod
     def wrap(
@@ -127,7 +156,8 @@ class Envelope(BaseModel, Generic[P]):
     ) -> Envelope[P]:
         """Put ``payload`` in a new envelope; a new message starts its own correlation."""
         message_id = uuid4()
-        return Envelope[type(payload)](  # type: ignore[misc]
+        typed: Any = Envelope[type(payload)]  # type: ignore[misc]
+        envelope: Envelope[P] = typed(
             id=message_id,
             type=payload.message_type,
             schema_version=payload.schema_version,
@@ -138,6 +168,7 @@ class Envelope(BaseModel, Generic[P]):
             causation_id=causation_id,
             payload=payload,
         )
+        return envelope
 
     def follow_up(self, payload: Q, *, source: str) -> Envelope[Q]:
         """A message caused by this one: same env, actor and correlation."""
@@ -239,5 +270,6 @@ def validate_payload(raw: _RawEnvelope, model: type[P]) -> Envelope[P]:
             message_id=str(raw.id),
         ) from None
     fields = raw.model_dump(exclude={"payload"})
-    return Envelope[model](payload=payload, **fields)  # type: ignore[valid-type]
-
+    typed: Any = Envelope[model]  # type: ignore[valid-type]
+    envelope: Envelope[P] = typed(payload=payload, **fields)
+    return envelope

@@ -93,7 +93,7 @@ def find_mysql(started: list[Any]) -> str:
     if _docker_answers():
         from testcontainers.mysql import MySqlContainer  # noqa: PLC0415
 
-        container = MySqlContainer("mariadb:11", username="root", password="test").start()
+        container = MySqlContainer("mariadb:11", username="root", password="test").start()  # noqa: S106 - a throwaway container
         started.append(container)
         host = container.get_container_host_ip()
         return f"mysql+asyncmy://root:test@{host}:{container.get_exposed_port(3306)}/"

@@ -1,0 +1,37 @@
+# The README's commands. Everything runs inside the uv-managed virtualenv.
+UV ?= uv
+PYTEST_WORKERS ?= auto
+
+.PHONY: setup demo test lint format docs docs-check bench clean
+
+setup:
+	$(UV) sync --frozen
+
+demo: setup
+	$(UV) run --frozen python scripts/demo.py
+
+test: setup
+	$(UV) run --frozen pytest -n $(PYTEST_WORKERS) --dist loadfile
+
+lint: setup
+	$(UV) run --frozen ruff check .
+	$(UV) run --frozen ruff format --check .
+	$(UV) run --frozen mypy shared/src services/*/src scripts
+	$(UV) run --frozen conveyor contracts docs --check
+
+format: setup
+	$(UV) run --frozen ruff format .
+	$(UV) run --frozen ruff check --fix .
+
+docs: setup
+	$(UV) run --frozen conveyor contracts docs
+
+docs-check: setup
+	$(UV) run --frozen conveyor contracts docs --check
+
+bench: setup
+	$(UV) run --frozen python bench/bus/run.py
+	$(UV) run --frozen python bench/cli/run.py
+
+clean:
+	rm -rf .demo .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,142 @@
+"""Every service as a real process: starts, declares its topology, is healthy, stops on SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+import httpx
+import pytest
+
+from conveyor.testing.services import RabbitEndpoint
+
+SERVICES = {
+    # service: (queue it must declare, binding it must have)
+    "version-db": ("version-db.events", "#"),
+    "notifier": ("notifier.events", "#"),
+    "deployer": ("deployer.events", "changeset.#"),
+    "changelog-listener": ("listener.node-1.commands", "changeset.apply.node-1"),
+    "firewall-agent": ("firewall-agent.node-1.commands", "firewall.*.node-1"),
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start(service: str, url: str, port: int, tmp_path: Path) -> tuple[subprocess.Popen[bytes], Path]:
+    prefix = f"CONVEYOR_{service.upper().replace('-', '_')}_"
+    env = {
+        "PATH": "/usr/bin:/bin",
+        f"{prefix}ENVS": json.dumps({"qa": url}),
+        f"{prefix}HTTP_PORT": str(port),
+        f"{prefix}ENV": "qa",
+        f"{prefix}NODE": "node-1",
+        f"{prefix}LOG_FORMAT": "json",
+    }
+    log = tmp_path / f"{service}.log"
+    script = Path(sys.executable).parent / f"conveyor-{service}"
+    with log.open("wb") as output:
+        process = subprocess.Popen([str(script)], env=env, stdout=output, stderr=subprocess.STDOUT)
+    return process, log
+
+
+def wait_healthy(port: int, process: subprocess.Popen[bytes], timeout: float = 20.0) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"service exited early with {process.returncode}"
+        try:
+            response = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+            if response.status_code == 200:
+                return dict(response.json())
+            last = response.text
+        except httpx.TransportError as exc:
+            last = str(exc)
+        time.sleep(0.1)
+    raise AssertionError(f"not healthy within {timeout}s: {last}")
+
+
+@pytest.mark.parametrize("service", sorted(SERVICES))
+def test_service_starts_reports_healthy_and_stops_cleanly_on_sigterm(
+    service: str, rabbit: RabbitEndpoint, vhost: str, amqp_url: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    process, log = start(service, amqp_url, port, tmp_path)
+    try:
+        health = wait_healthy(port, process)
+        assert health["service"] == service
+        assert health["status"] == "ok"
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2)
+        assert "conveyor_handler_duration_seconds" in metrics.text
+
+        queue, binding = SERVICES[service]
+        with rabbit.admin() as admin:
+            info = admin.get(f"/api/queues/{quote(vhost, safe='')}/{quote(queue, safe='')}").json()
+            bindings = admin.get(
+                f"/api/queues/{quote(vhost, safe='')}/{quote(queue, safe='')}/bindings"
+            ).json()
+        assert info["durable"]
+        assert info["arguments"]["x-queue-type"] == "quorum"
+        assert binding in {b["routing_key"] for b in bindings}
+
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=15) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+    lines = log.read_text().splitlines()
+    records = [json.loads(line) for line in lines]  # every line is structured JSON
+    events = [r["event"] for r in records]
+    assert "service_ready" in events
+    assert events.index("service_stopping") < events.index("service_stopped")
+    assert all(r["service"] == service for r in records)
+    assert "guest:guest" not in log.read_text()  # the broker password is never logged
+
+
+def test_service_waits_for_an_unreachable_broker_and_still_stops_cleanly(tmp_path: Path) -> None:
+    port = free_port()
+    process, log = start("deployer", "amqp://guest:guest@127.0.0.1:1/qa", port, tmp_path)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                response = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "HTTP never came up"
+                time.sleep(0.1)
+        assert response.status_code == 503
+        assert response.json()["brokers"]["qa"]["connected"] is False
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=15) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert "broker_unreachable" in log.read_text()
+
+
+def test_invalid_configuration_is_one_clear_line_per_setting(tmp_path: Path) -> None:
+    script = Path(sys.executable).parent / "conveyor-firewall-agent"
+    result = subprocess.run(
+        [str(script)],
+        env={"CONVEYOR_FIREWALL_AGENT_HTTP_PORT": "eighty", "CONVEYOR_FIREWALL_AGENT_ENV": "staging"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "CONVEYOR_FIREWALL_AGENT_HTTP_PORT: Input should be a valid integer" in result.stderr
+    assert "Traceback" not in result.stderr
