@@ -16,8 +16,8 @@ test: setup
 lint: setup
 	$(UV) run --frozen ruff check .
 	$(UV) run --frozen ruff format --check .
-	$(UV) run --frozen mypy shared/src services/*/src scripts
-	$(UV) run --frozen conveyor contracts docs --check
+	$(UV) run --frozen mypy shared/src services/*/src scripts shared/tests tests bench
+	$(MAKE) --no-print-directory docs-check
 
 format: setup
 	$(UV) run --frozen ruff format .
@@ -25,9 +25,11 @@ format: setup
 
 docs: setup
 	$(UV) run --frozen conveyor contracts docs
+	$(UV) run --frozen conveyor config docs
 
 docs-check: setup
 	$(UV) run --frozen conveyor contracts docs --check
+	$(UV) run --frozen conveyor config docs --check
 
 bench: setup
 	$(UV) run --frozen python bench/bus/run.py

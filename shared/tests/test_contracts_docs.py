@@ -1,14 +1,21 @@
 """The generated message docs: committed and fresh, complete, deterministic, and valid AsyncAPI 3."""
 
+import copy
+import inspect
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from jsonschema import Draft7Validator, Draft202012Validator
+from jsonschema.exceptions import best_match
 from pydantic import BaseModel, ConfigDict
+from referencing import Registry as SchemaRegistry
+from referencing.exceptions import Unresolvable
+from referencing.jsonschema import DRAFT7, DRAFT202012
 
 from conveyor.contracts import CATALOGUE, Envelope, Payload, Registry
 from conveyor.contracts.docs import (
@@ -25,6 +32,8 @@ from conveyor.settings import DEFAULT_ENVS
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS = REPO / "docs"
+# The official AsyncAPI 3.0.0 JSON schema, every document it refers to bundled inside: see data/README.md.
+ASYNCAPI_SCHEMA = Path(__file__).resolve().parent / "data" / "asyncapi-3.0.0.schema.json"
 
 # Key patterns and fixed fields from the AsyncAPI 3.0.0 specification.
 KEY = re.compile(r"^[\w\d.\-_]+$")
@@ -115,6 +124,10 @@ def _json_blocks(markdown: str) -> list[str]:
     return re.findall(r"```json\n(.*?)\n```", markdown, flags=re.DOTALL)
 
 
+def _errors(validator: Draft7Validator | Draft202012Validator, instance: Any) -> list[str]:
+    return [f"{error.json_path}: {error.message}" for error in validator.iter_errors(instance)]
+
+
 # -- the committed files ----------------------------------------------------------------
 
 
@@ -154,14 +167,23 @@ def test_markdown_sections_are_sorted_by_type(markdown: str) -> None:
 def test_markdown_documents_the_envelope_and_routing(markdown: str) -> None:
     assert COMMAND in markdown.splitlines()[2]
     envelope = markdown.split("## The envelope", 1)[1].split("\n## ", 1)[0]
-    for name in Envelope.model_fields:
-        assert f"| `{name}` |" in envelope
+    for name, field in Envelope.model_fields.items():
+        assert field.description, f"Envelope.{name} has no description for the docs"
+        meaning = field.description.rstrip(".")
+        assert re.search(rf"^\| `{name}` \| .* \| {re.escape(meaning)}(;| \|)", envelope, re.MULTILINE)
     for exchange in ("conveyor.events", "conveyor.commands", "conveyor.retry", "conveyor.dead-letter"):
         assert f"`{exchange}`" in markdown
     assert "`<domain>.<verb>[.<target>]`" in markdown
     for prop in ("message_id", "type", "correlation_id", "content_type", "delivery_mode"):
         assert f"| `{prop}` |" in markdown
     assert "application/json" in markdown
+
+
+def test_every_message_model_has_a_docstring(markdown: str) -> None:
+    for model in CATALOGUE:
+        assert model.__doc__, f"{model.__name__} needs a docstring: it is the message's description"
+        section = markdown.split(f"\n### `{model.message_type}`\n", 1)[1].split("\n### ", 1)[0]
+        assert f"\n\n{inspect.cleandoc(model.__doc__)}\n\n**Payload**\n\n" in section
 
 
 def test_markdown_message_section(markdown: str) -> None:
@@ -321,6 +343,105 @@ def test_asyncapi_examples_decode_as_their_types(asyncapi: dict[str, Any]) -> No
         envelope = CATALOGUE.decode(json.dumps(example["payload"]).encode())
         assert type(envelope.payload) is model
         assert envelope.payload == EXAMPLES[model.message_type]
+
+
+# -- the official AsyncAPI 3.0.0 schema -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def asyncapi_validator() -> Draft7Validator:
+    schema = json.loads(ASYNCAPI_SCHEMA.read_text(encoding="utf-8"))
+    assert schema["$schema"] == "http://json-schema.org/draft-07/schema"
+    bundled = [(uri, DRAFT7.create_resource(document)) for uri, document in schema["definitions"].items()]
+    # A registry without a ``retrieve`` function fetches nothing: a reference outside the bundle fails.
+    registry = SchemaRegistry().with_resources([(schema["$id"], DRAFT7.create_resource(schema)), *bundled])
+    with pytest.raises(Unresolvable):
+        registry.resolver().lookup("https://asyncapi.com/definitions/3.0.0/not-bundled.json")
+    return Draft7Validator(schema, registry=registry)
+
+
+def test_asyncapi_matches_the_official_schema(
+    asyncapi: dict[str, Any], asyncapi_validator: Draft7Validator
+) -> None:
+    assert _errors(asyncapi_validator, asyncapi) == []
+
+
+def _set_action(document: dict[str, Any]) -> None:
+    next(iter(document["operations"].values()))["action"] = "publish"  # AsyncAPI 2 wording
+
+
+def _add_unknown_channel_field(document: dict[str, Any]) -> None:
+    next(iter(document["channels"].values()))["routingKey"] = "changeset.*"
+
+
+def _drop_info_title(document: dict[str, Any]) -> None:
+    del document["info"]["title"]
+
+
+@pytest.mark.parametrize(
+    ("breakage", "where"),
+    [
+        (_set_action, "action"),
+        (_add_unknown_channel_field, "channels"),
+        (_drop_info_title, "info"),
+    ],
+)
+def test_the_official_schema_rejects_a_broken_document(
+    asyncapi: dict[str, Any],
+    asyncapi_validator: Draft7Validator,
+    breakage: Callable[[dict[str, Any]], None],
+    where: str,
+) -> None:
+    broken = copy.deepcopy(asyncapi)
+    breakage(broken)
+    error = best_match(asyncapi_validator.iter_errors(broken))
+    assert error is not None, f"{breakage.__name__}: the schema accepted the document"
+    assert where in error.json_path, f"{breakage.__name__}: rejected for another reason: {error.message}"
+
+
+@pytest.fixture(scope="module")
+def payload_validators(asyncapi: dict[str, Any]) -> dict[str, Draft202012Validator]:
+    """Message id → a validator for its payload, the envelope schema, with its refs into the document."""
+    base = "urn:conveyor:asyncapi"
+    registry = SchemaRegistry().with_resource(base, DRAFT202012.create_resource(asyncapi))
+    return {
+        key: Draft202012Validator(
+            {"$ref": f"{base}#/components/messages/{key}/payload"},
+            registry=registry,
+            format_checker=Draft202012Validator.FORMAT_CHECKER,
+        )
+        for key in asyncapi["components"]["messages"]
+    }
+
+
+def test_asyncapi_examples_match_their_payload_schema(
+    asyncapi: dict[str, Any], payload_validators: dict[str, Draft202012Validator]
+) -> None:
+    for key, message in asyncapi["components"]["messages"].items():
+        assert message["examples"], f"{key} has no example"
+        for example in message["examples"]:
+            assert _errors(payload_validators[key], example["payload"]) == [], key
+
+
+def test_payload_schemas_reject_a_wrong_example(
+    asyncapi: dict[str, Any], payload_validators: dict[str, Draft202012Validator]
+) -> None:
+    message = asyncapi["components"]["messages"]["firewall.disable.v1"]
+    example = message["examples"][0]["payload"]
+    for path, value in [
+        (("payload", "surprise"), True),  # an unknown payload field
+        (("payload", "lease_s"), 0),  # out of range
+        (("payload", "authorization"), {}),  # a named type from components/schemas
+        (("type",), "firewall.enable"),  # another message's type
+        (("id",), "not-a-uuid"),
+    ]:
+        wrong = copy.deepcopy(example)
+        *parents, last = path
+        node = wrong
+        for key in parents:
+            node = node[key]
+        node[last] = value
+        assert _errors(payload_validators["firewall.disable.v1"], wrong), f"{path} = {value!r} was accepted"
 
 
 # -- schema names and versions -------------------------------------------------------------------

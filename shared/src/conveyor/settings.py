@@ -76,7 +76,7 @@ Envs = Annotated[dict[str, str], AfterValidator(_check_envs)]
 class BusSettings(BaseModel):
     """How a process talks to the brokers; embedded in every service's settings."""
 
-    prefetch: int = Field(default=32, ge=1, le=10_000)
+    prefetch: int = Field(default=32, ge=1, le=10_000, description="unacked messages per consumer")
     retry_delays_s: list[Annotated[float, Field(gt=0)]] = Field(
         default_factory=lambda: [1.0, 4.0, 16.0, 64.0],
         description="delay before each retry of a failed handler (exponential); its length is the "
@@ -87,10 +87,20 @@ class BusSettings(BaseModel):
         ge=1,
         description="broker-side cap on redeliveries (crash loops), then dead-letter",
     )
-    publish_timeout_s: float = Field(default=30.0, gt=0, description="give up publishing after this")
-    reconnect_interval_s: float = Field(default=2.0, gt=0)
-    shutdown_grace_s: float = Field(default=30.0, ge=0, description="wait for in-flight handlers")
-    idempotency_capacity: int = Field(default=100_000, ge=1, description="message ids remembered")
+    publish_timeout_s: float = Field(
+        default=30.0, gt=0, description="give up on a publish the broker has not confirmed by then"
+    )
+    reconnect_interval_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="pause between reconnects to a lost broker (at start-up it doubles up to 30 s)",
+    )
+    shutdown_grace_s: float = Field(
+        default=30.0, ge=0, description="on stop, how long in-flight handlers may finish"
+    )
+    idempotency_capacity: int = Field(
+        default=100_000, ge=1, description="handled message ids remembered per process"
+    )
 
 
 class ServiceSettings(BaseSettings):
@@ -104,12 +114,14 @@ class ServiceSettings(BaseSettings):
         default_factory=lambda: dict(DEFAULT_ENVS),
         description="environment → AMQP URL, in promotion order (JSON)",
     )
-    http_host: str = "127.0.0.1"
-    http_port: int = Field(default=8100, ge=0, le=65535)
-    http_access_log: bool = False
-    log_level: str = "info"
-    log_format: LogFormat = LogFormat.AUTO
-    bus: BusSettings = Field(default_factory=BusSettings)
+    http_host: str = Field(default="127.0.0.1", description="address of /healthz and /metrics")
+    http_port: int = Field(default=8100, ge=0, le=65535, description="port of /healthz and /metrics")
+    http_access_log: bool = Field(default=False, description="log every HTTP request")
+    log_level: str = Field(default="info", description="debug, info, warning or error")
+    log_format: LogFormat = Field(
+        default=LogFormat.AUTO, description="json, console, or auto (JSON unless stderr is a terminal)"
+    )
+    bus: BusSettings = Field(default_factory=BusSettings, description="bus tuning (nested)")
 
     def selected_envs(self) -> dict[str, str]:
         """The environments this process connects to (all of them, by default)."""
@@ -125,7 +137,7 @@ class CliSettings(BaseSettings):
         default_factory=lambda: dict(DEFAULT_ENVS),
         description="environment → AMQP URL, in promotion order (JSON)",
     )
-    connect_timeout_s: float = Field(default=5.0, gt=0)
+    connect_timeout_s: float = Field(default=5.0, gt=0, description="how long to wait for a broker")
 
 
 def _default_node_name() -> str:
@@ -140,7 +152,8 @@ class NodeAgentSettings(ServiceSettings):
     node: str = Field(
         default_factory=_default_node_name,
         pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$",
-        description="this node's inventory name (default: the host name)",
+        description="this node's inventory name (routing-key safe)",
+        json_schema_extra={"doc_default": "the host name, lower-cased"},
     )
 
     @model_validator(mode="after")

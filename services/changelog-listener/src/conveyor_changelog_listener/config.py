@@ -17,4 +17,4 @@ class Settings(NodeAgentSettings):
 
     service_name: ClassVar[str] = "changelog-listener"
 
-    http_port: int = Field(default=8103, ge=0, le=65535)
+    http_port: int = Field(default=8103, ge=0, le=65535, description="port of /healthz and /metrics")

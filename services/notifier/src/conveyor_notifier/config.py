@@ -17,4 +17,4 @@ class Settings(ServiceSettings):
 
     service_name: ClassVar[str] = "notifier"
 
-    http_port: int = Field(default=8102, ge=0, le=65535)
+    http_port: int = Field(default=8102, ge=0, le=65535, description="port of /healthz and /metrics")

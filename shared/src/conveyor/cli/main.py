@@ -32,9 +32,9 @@ app.add_typer(contracts_app, name="contracts")
 
 def _version(value: bool) -> None:
     if value:
-        from importlib.metadata import version  # noqa: PLC0415
+        from conveyor import __version__  # noqa: PLC0415
 
-        typer.echo(f"conveyor {version('conveyor')}")
+        typer.echo(f"conveyor {__version__}")
         raise typer.Exit
 
 
@@ -96,6 +96,17 @@ def config_show(
     from conveyor.cli import config  # noqa: PLC0415
 
     raise typer.Exit(config.show(service, as_json=as_json))
+
+
+@config_app.command("docs")
+def config_docs(
+    check: Annotated[bool, typer.Option("--check", help="Fail if a README is stale.")] = False,
+    root: Annotated[str, typer.Option("--root", help="The repository root.")] = ".",
+) -> None:
+    """Regenerate the settings table in every service README from the settings classes."""
+    from conveyor import config_docs  # noqa: PLC0415
+
+    raise typer.Exit(config_docs.main(["--root", root, *(["--check"] if check else [])]))
 
 
 @contracts_app.command("docs")

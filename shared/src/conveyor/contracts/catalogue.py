@@ -166,6 +166,8 @@ class DeploymentStarted(Payload, message_type="deployment.started"):
 
 
 class DeploymentNodeSucceeded(Payload, message_type="deployment.node.succeeded"):
+    """One node of a deployment applied the version and passed its health check."""
+
     deployment_id: UUID
     package: PackageName
     version: VersionId
@@ -182,6 +184,8 @@ class NodeOutcome(StrEnum):
 
 
 class DeploymentNodeFailed(Payload, message_type="deployment.node.failed"):
+    """One node of a deployment failed, was rolled back or could not be reached, and why."""
+
     deployment_id: UUID
     package: PackageName
     version: VersionId
@@ -192,6 +196,8 @@ class DeploymentNodeFailed(Payload, message_type="deployment.node.failed"):
 
 
 class DeploymentSucceeded(Payload, message_type="deployment.succeeded"):
+    """The deployment finished within its failure budget; every node is in an explicit final state."""
+
     deployment_id: UUID
     package: PackageName
     version: VersionId
@@ -262,6 +268,8 @@ class FirewallEnable(
 
 
 class FirewallDisabled(Payload, message_type="firewall.disabled"):
+    """An agent turned its node's firewall off (or found it off) for a signed command until the lease ends."""
+
     request_id: UUID
     node: NodeName
     backend: FirewallBackend
@@ -271,6 +279,8 @@ class FirewallDisabled(Payload, message_type="firewall.disabled"):
 
 
 class FirewallEnabled(Payload, message_type="firewall.enabled"):
+    """An agent restored its node's firewall: on request, when the lease expired or when the agent started."""
+
     request_id: UUID | None = Field(description="None when the lease expired or the agent restored at start")
     node: NodeName
     backend: FirewallBackend
