@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import structlog
 from prometheus_client import Counter, Histogram
+from prometheus_client.metrics import MetricWrapperBase
 
 __all__ = [
     "HANDLER_SECONDS",
@@ -15,6 +16,7 @@ __all__ = [
     "MESSAGES_DEAD_LETTERED",
     "MESSAGES_PUBLISHED",
     "MESSAGES_RETRIED",
+    "LabelCache",
     "configure_logging",
     "get_logger",
 ]
@@ -100,3 +102,21 @@ HANDLER_SECONDS = Histogram(
     ["env", "queue", "type"],
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+
+
+M = TypeVar("M", bound=MetricWrapperBase)
+
+
+class LabelCache(Generic[M]):
+    """A metric's labelled children, looked up once: ``labels()`` is costly per message."""
+
+    def __init__(self, metric: M, *fixed: str) -> None:
+        self._metric = metric
+        self._fixed = fixed
+        self._children: dict[tuple[str, ...], M] = {}
+
+    def __call__(self, *labels: str) -> M:
+        child = self._children.get(labels)
+        if child is None:
+            child = self._children[labels] = self._metric.labels(*self._fixed, *labels)
+        return child

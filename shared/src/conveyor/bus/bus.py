@@ -21,7 +21,7 @@ from conveyor.bus.topology import (
     persistent_message,
 )
 from conveyor.contracts import CATALOGUE, Envelope, Payload, Registry
-from conveyor.observability import MESSAGES_PUBLISHED, get_logger
+from conveyor.observability import MESSAGES_PUBLISHED, LabelCache, get_logger
 from conveyor.settings import BusSettings, redact_url
 
 __all__ = ["Bus"]
@@ -72,6 +72,7 @@ class Bus:
         self._exchanges: dict[str, AbstractExchange] = {}
         self._consumers: list[Consumer] = []
         self._closing = False
+        self._published = LabelCache(MESSAGES_PUBLISHED, env)
 
     def __repr__(self) -> str:
         return f"Bus(env={self.env!r}, url={redact_url(self.url)!r})"
@@ -172,7 +173,7 @@ class Bus:
         await self.publish_raw(
             exchange_for(envelope.kind), envelope.routing_key, message, mandatory=mandatory
         )
-        MESSAGES_PUBLISHED.labels(self.env, envelope.type).inc()
+        self._published(envelope.type).inc()
 
     def wrap(self, payload: Payload, **kwargs: Any) -> Envelope[Any]:
         """An envelope for this environment and service around ``payload``."""
@@ -227,6 +228,9 @@ class Bus:
 
     async def _publish_channel(self, timeout: float = 10.0) -> AbstractRobustChannel:
         """The confirming channel; a robust channel restores itself after a loss."""
+        channel = self._channel
+        if channel is not None and not channel.is_closed:
+            return channel  # the common case, kept free of locks and timers
         async with self._channel_lock:
             if self._channel is None:
                 channel = await self.connection.channel(publisher_confirms=True, on_return_raises=True)

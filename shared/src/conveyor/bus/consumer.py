@@ -31,6 +31,7 @@ from conveyor.observability import (
     MESSAGES_CONSUMED,
     MESSAGES_DEAD_LETTERED,
     MESSAGES_RETRIED,
+    LabelCache,
     get_logger,
 )
 
@@ -81,6 +82,11 @@ class Consumer:
         self._consumer_tag: str | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
+        labels = (bus.env, spec.name)
+        self._consumed = LabelCache(MESSAGES_CONSUMED, *labels)
+        self._retried = LabelCache(MESSAGES_RETRIED, *labels)
+        self._dead_lettered = LabelCache(MESSAGES_DEAD_LETTERED, *labels)
+        self._handler_seconds = LabelCache(HANDLER_SECONDS, *labels)
 
     def on(self, model: type[P], handler: Handler[P]) -> None:
         """Route messages of ``model``'s type to ``handler``."""
@@ -155,7 +161,9 @@ class Consumer:
         if self._stopping:
             await self._settle(message, requeue=True)
             return
-        task = asyncio.create_task(self._handle(message), name=f"{self.spec.name}:{message.message_id}")
+        # Our own task, not aio-pika's delivery task: closing a channel cancels
+        # the latter, and a broker blip must not interrupt a handler half-way.
+        task = asyncio.create_task(self._handle(message))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -165,7 +173,9 @@ class Consumer:
         try:
             envelope = self.bus.registry.decode(message.body)
         except ContractError as exc:
-            MESSAGES_CONSUMED.labels(env, queue, message.type or "unknown", "rejected").inc()
+            # Only known types become label values: the wire must not grow the metric's cardinality.
+            known_type = message.type if message.type and message.type in self.bus.registry else "unknown"
+            self._consumed(known_type, "rejected").inc()
             await self._dead_letter(
                 message,
                 reason=DeadLetterReason(exc.reason),
@@ -179,40 +189,42 @@ class Consumer:
 
         handler = self._handlers.get(envelope.type)
         if handler is None:
-            MESSAGES_CONSUMED.labels(env, queue, envelope.type, "ignored").inc()
+            self._consumed(envelope.type, "ignored").inc()
             log.debug("message_ignored", queue=queue, type=envelope.type, message_id=str(envelope.id))
             await self._settle(message)
             return
 
         key = f"{queue}:{envelope.id}"
         if not await self.bus.idempotency.begin(key):
-            MESSAGES_CONSUMED.labels(env, queue, envelope.type, "duplicate").inc()
+            self._consumed(envelope.type, "duplicate").inc()
             log.info("message_duplicate", queue=queue, type=envelope.type, message_id=str(envelope.id))
             await self._settle(message)
             return
 
-        started = time.perf_counter()
-        with structlog.contextvars.bound_contextvars(
+        # Each delivery runs in its own task, hence its own copy of the
+        # context: what is bound here ends with the task, no reset needed.
+        structlog.contextvars.bind_contextvars(
             env=env,
             queue=queue,
             message_id=str(envelope.id),
             message_type=envelope.type,
             correlation_id=str(envelope.correlation_id),
-        ):
-            try:
-                await handler(envelope)
-            except Exception as exc:  # noqa: BLE001 - any handler failure is retried, then parked
-                await self.bus.idempotency.abandon(key)
-                HANDLER_SECONDS.labels(env, queue, envelope.type).observe(time.perf_counter() - started)
-                await self._retry_or_dead_letter(message, envelope, exc, attempt)
-                return
-            except BaseException:
-                await self.bus.idempotency.abandon(key)
-                raise
-            await self.bus.idempotency.complete(key)
-            HANDLER_SECONDS.labels(env, queue, envelope.type).observe(time.perf_counter() - started)
-            MESSAGES_CONSUMED.labels(env, queue, envelope.type, "handled").inc()
-            await self._settle(message)
+        )
+        started = time.perf_counter()
+        try:
+            await handler(envelope)
+        except Exception as exc:  # noqa: BLE001 - any handler failure is retried, then parked
+            await self.bus.idempotency.abandon(key)
+            self._handler_seconds(envelope.type).observe(time.perf_counter() - started)
+            await self._retry_or_dead_letter(message, envelope, exc, attempt)
+            return
+        except BaseException:
+            await self.bus.idempotency.abandon(key)
+            raise
+        await self.bus.idempotency.complete(key)
+        self._handler_seconds(envelope.type).observe(time.perf_counter() - started)
+        self._consumed(envelope.type, "handled").inc()
+        await self._settle(message)
 
     async def _retry_or_dead_letter(
         self,
@@ -221,11 +233,11 @@ class Consumer:
         exc: Exception,
         attempt: int,
     ) -> None:
-        env, queue = self.bus.env, self.spec.name
+        queue = self.spec.name
         error = f"{type(exc).__name__}: {exc}"[:2000]
         delays = self.bus.settings.retry_delays_s
         if attempt > len(delays):
-            MESSAGES_CONSUMED.labels(env, queue, envelope.type, "failed").inc()
+            self._consumed(envelope.type, "failed").inc()
             await self._dead_letter(
                 message,
                 reason=DeadLetterReason.RETRIES_EXHAUSTED,
@@ -257,8 +269,8 @@ class Consumer:
             log.error("retry_publish_failed", error=str(publish_error))
             await self._settle(message, requeue=True)
             return
-        MESSAGES_CONSUMED.labels(env, queue, envelope.type, "retried").inc()
-        MESSAGES_RETRIED.labels(env, queue, envelope.type).inc()
+        self._consumed(envelope.type, "retried").inc()
+        self._retried(envelope.type).inc()
         await self._settle(message)
 
     async def _dead_letter(
@@ -273,7 +285,7 @@ class Consumer:
         correlation: Envelope[Any] | None,
     ) -> None:
         """Park the message with why it failed, announce it, then ack it."""
-        env, queue = self.bus.env, self.spec.name
+        queue = self.spec.name
         routing_key = _original_routing_key(message)
         parked = persistent_message(
             message.body,
@@ -295,7 +307,7 @@ class Consumer:
             log.error("dead_letter_publish_failed", queue=queue, error=str(publish_error))
             await self._settle(message, requeue=True)
             return
-        MESSAGES_DEAD_LETTERED.labels(env, queue, reason.value).inc()
+        self._dead_lettered(reason.value).inc()
         log.error(
             "message_dead_lettered",
             queue=queue,

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, ClassVar, Generic, Self, TypeVar
+from typing import Annotated, Any, ClassVar, Generic, Self, TypeVar, cast
 from uuid import UUID, uuid4
 
 from pydantic import (
@@ -156,8 +157,7 @@ class Envelope(BaseModel, Generic[P]):
     ) -> Envelope[P]:
         """Put ``payload`` in a new envelope; a new message starts its own correlation."""
         message_id = uuid4()
-        typed: Any = Envelope[type(payload)]  # type: ignore[misc]
-        envelope: Envelope[P] = typed(
+        envelope: Envelope[P] = envelope_class(type(payload))(
             id=message_id,
             type=payload.message_type,
             schema_version=payload.schema_version,
@@ -246,30 +246,42 @@ def _errors(exc: ValidationError) -> str:
     return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
 
 
-def parse_raw(body: bytes) -> _RawEnvelope:
-    """Check the envelope itself; raise ``MalformedMessage`` naming what is wrong."""
+def load_object(body: bytes) -> dict[str, Any]:
+    """The body as a JSON object, or ``MalformedMessage`` saying what it is instead."""
     try:
         data = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise MalformedMessage(f"body is not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise MalformedMessage(f"body is a JSON {type(data).__name__}, expected an object")
-    message_id = data.get("id") if isinstance(data.get("id"), str) else None
+    return data
+
+
+def check_envelope(data: dict[str, Any]) -> None:
+    """Raise ``MalformedMessage`` listing what is wrong with the envelope itself, if anything."""
     try:
-        return _RawEnvelope.model_validate(data)
+        _RawEnvelope.model_validate(data)
     except ValidationError as exc:
+        message_id = data.get("id") if isinstance(data.get("id"), str) else None
         raise MalformedMessage(f"envelope invalid: {_errors(exc)}", message_id=message_id) from None
 
 
-def validate_payload(raw: _RawEnvelope, model: type[P]) -> Envelope[P]:
-    try:
-        payload = model.model_validate(raw.payload)
-    except ValidationError as exc:
-        raise InvalidPayload(
-            f"payload of {raw.type} v{raw.schema_version} invalid: {_errors(exc)}",
-            message_id=str(raw.id),
-        ) from None
-    fields = raw.model_dump(exclude={"payload"})
+@functools.cache
+def envelope_class(model: type[P]) -> type[Envelope[P]]:
+    """``Envelope[model]``, looked up once per model rather than once per message."""
     typed: Any = Envelope[model]  # type: ignore[valid-type]
-    envelope: Envelope[P] = typed(payload=payload, **fields)
-    return envelope
+    return cast("type[Envelope[P]]", typed)
+
+
+def validate_envelope(data: dict[str, Any], model: type[P]) -> Envelope[P]:
+    """Validate the whole message in one pass; errors name the envelope or the payload."""
+    try:
+        return envelope_class(model).model_validate(data)
+    except ValidationError as exc:
+        message_id = str(data.get("id"))
+        if all(error["loc"][:1] == ("payload",) for error in exc.errors()):
+            raise InvalidPayload(
+                f"payload of {data.get('type')} v{data.get('schema_version')} invalid: {_errors(exc)}",
+                message_id=message_id,
+            ) from None
+        raise MalformedMessage(f"envelope invalid: {_errors(exc)}", message_id=message_id) from None

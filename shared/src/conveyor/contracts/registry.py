@@ -6,11 +6,13 @@ from collections.abc import Iterable, Iterator
 
 from conveyor.contracts.envelope import (
     Envelope,
+    MalformedMessage,
     Payload,
     UnknownMessageType,
     UnsupportedSchemaVersion,
-    parse_raw,
-    validate_payload,
+    check_envelope,
+    load_object,
+    validate_envelope,
 )
 
 __all__ = ["Registry"]
@@ -49,13 +51,22 @@ class Registry:
 
     def decode(self, body: bytes) -> Envelope[Payload]:
         """Bytes from the wire → a typed envelope, or a ``ContractError`` saying why not."""
-        raw = parse_raw(body)
+        data = load_object(body)
+        message_type, version = data.get("type"), data.get("schema_version")
+        if not isinstance(message_type, str) or type(version) is not int:
+            check_envelope(data)  # names missing or ill-typed fields
+            raise MalformedMessage(
+                "envelope invalid: type must be a string and schema_version an integer, "
+                f"not {message_type!r} and {version!r}",
+                message_id=str(data["id"]),
+            )
         try:
-            model = self.model_for(raw.type, raw.schema_version)
+            model = self.model_for(message_type, version)
         except (UnknownMessageType, UnsupportedSchemaVersion) as exc:
-            exc.message_id = str(raw.id)
+            check_envelope(data)  # a broken envelope is reported as such first
+            exc.message_id = str(data["id"])
             raise
-        return validate_payload(raw, model)
+        return validate_envelope(data, model)
 
     def __iter__(self) -> Iterator[type[Payload]]:
         for message_type in sorted(self._models):
