@@ -8,6 +8,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
 
@@ -30,6 +32,20 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@contextmanager
+def running(
+    service: str, url: str, port: int, tmp_path: Path
+) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+    """The service as a process; killed at the end if the test did not stop it."""
+    process, log = start(service, url, port, tmp_path)
+    try:
+        yield process, log
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 def start(service: str, url: str, port: int, tmp_path: Path) -> tuple[subprocess.Popen[bytes], Path]:
@@ -70,8 +86,7 @@ def test_service_starts_reports_healthy_and_stops_cleanly_on_sigterm(
     service: str, rabbit: RabbitEndpoint, vhost: str, amqp_url: str, tmp_path: Path
 ) -> None:
     port = free_port()
-    process, log = start(service, amqp_url, port, tmp_path)
-    try:
+    with running(service, amqp_url, port, tmp_path) as (process, log):
         health = wait_healthy(port, process)
         assert health["service"] == service
         assert health["status"] == "ok"
@@ -90,10 +105,6 @@ def test_service_starts_reports_healthy_and_stops_cleanly_on_sigterm(
 
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=15) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
 
     lines = log.read_text().splitlines()
     records = [json.loads(line) for line in lines]  # every line is structured JSON
@@ -106,8 +117,7 @@ def test_service_starts_reports_healthy_and_stops_cleanly_on_sigterm(
 
 def test_service_waits_for_an_unreachable_broker_and_still_stops_cleanly(tmp_path: Path) -> None:
     port = free_port()
-    process, log = start("deployer", "amqp://guest:guest@127.0.0.1:1/qa", port, tmp_path)
-    try:
+    with running("deployer", "amqp://guest:guest@127.0.0.1:1/qa", port, tmp_path) as (process, log):
         deadline = time.monotonic() + 15
         while True:
             try:
@@ -120,10 +130,6 @@ def test_service_waits_for_an_unreachable_broker_and_still_stops_cleanly(tmp_pat
         assert response.json()["brokers"]["qa"]["connected"] is False
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=15) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
     assert "broker_unreachable" in log.read_text()
 
 
