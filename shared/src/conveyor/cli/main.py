@@ -23,11 +23,17 @@ bus_app = typer.Typer(help="The RabbitMQ bus.", no_args_is_help=True)
 events_app = typer.Typer(help="Conveyor's events.", no_args_is_help=True)
 config_app = typer.Typer(help="Configuration.", no_args_is_help=True)
 contracts_app = typer.Typer(help="Message contracts.", no_args_is_help=True)
+vcs_app = typer.Typer(
+    help="Package version control: status like git, versions in INI files.", no_args_is_help=True
+)
 app.add_typer(env_app, name="env")
 app.add_typer(bus_app, name="bus")
 app.add_typer(events_app, name="events")
 app.add_typer(config_app, name="config")
 app.add_typer(contracts_app, name="contracts")
+app.add_typer(vcs_app, name="vcs")
+
+PackagePath = Annotated[str | None, typer.Option("--path", "-C", help="The package (default: here).")]
 
 
 def _version(value: bool) -> None:
@@ -118,6 +124,107 @@ def contracts_docs(
     from conveyor.contracts import docs  # noqa: PLC0415
 
     raise typer.Exit(docs.main(["--out", out, *(["--check"] if check else [])]))
+
+
+@vcs_app.command("init")
+def vcs_init(
+    name: Annotated[str, typer.Option("--name", help="The package's name.")],
+    path: Annotated[str | None, typer.Argument(help="The package directory (default: here).")] = None,
+) -> None:
+    """Start tracking a package directory."""
+    from conveyor.cli import vcs  # noqa: PLC0415
+
+    raise typer.Exit(vcs.run_init(path, name))
+
+
+@vcs_app.command("status")
+def vcs_status(
+    path: Annotated[str | None, typer.Argument(help="The package (default: here).")] = None,
+    porcelain: Annotated[bool, typer.Option("--porcelain", help="'A|M|D <path>' lines, stable.")] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    exit_code: Annotated[bool, typer.Option("--exit-code", help="Exit 1 when there are changes.")] = False,
+) -> None:
+    """Added, modified and deleted files against the current version."""
+    from conveyor.cli import vcs  # noqa: PLC0415
+
+    raise typer.Exit(vcs.run_status(path, porcelain=porcelain, as_json=as_json, exit_code=exit_code))
+
+
+@vcs_app.command("commit")
+def vcs_commit(
+    message: Annotated[str, typer.Option("--message", "-m", help="What changed and why.")],
+    author: Annotated[
+        str | None, typer.Option("--author", help="Default: $CONVEYOR_AUTHOR or the user.")
+    ] = None,
+    path: PackagePath = None,
+) -> None:
+    """Record the working tree as a new version."""
+    from conveyor.cli import vcs  # noqa: PLC0415
+
+    raise typer.Exit(vcs.run_commit(path, message, author))
+
+
+@vcs_app.command("log")
+def vcs_log(path: PackagePath = None, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """The versions from the current one back to the first."""
+    from conveyor.cli import vcs  # noqa: PLC0415
+
+    raise typer.Exit(vcs.run_log(path, as_json=as_json))
+
+
+@vcs_app.command("show")
+def vcs_show(
+    version: Annotated[str, typer.Argument(help="Id, unique prefix, tag or HEAD.")] = "HEAD",
+    path: PackagePath = None,
+) -> None:
+    """A version and its changelog."""
+    from conveyor.cli import vcs  # noqa: PLC0415
+
+    raise typer.Exit(vcs.run_show(path, version))
+
+
+@vcs_app.command("diff")
+def vcs_diff(
+    version: Annotated[str, typer.Argument(help="Compare the working tree with this version.")] = "HEAD",
+    paths: Annotated[list[str] | None, typer.Argument(help="Only these paths (after --).")] = None,
+    path: PackagePath = None,
+) -> None:
+    """Unified diff from a version to the working tree."""
+    from conveyor.cli import vcs  # noqa: PLC0415
+
+    raise typer.Exit(vcs.run_diff(path, version, paths or []))
+
+
+@vcs_app.command("checkout")
+def vcs_checkout(
+    version: Annotated[str, typer.Argument(help="Id, unique prefix, tag or HEAD.")],
+    force: Annotated[bool, typer.Option("--force", help="Discard uncommitted changes.")] = False,
+    path: PackagePath = None,
+) -> None:
+    """Restore the working tree to a version."""
+    from conveyor.cli import vcs  # noqa: PLC0415
+
+    raise typer.Exit(vcs.run_checkout(path, version, force=force))
+
+
+@vcs_app.command("tag")
+def vcs_tag(
+    name: Annotated[str | None, typer.Argument(help="The tag; without it, list tags.")] = None,
+    version: Annotated[str, typer.Argument(help="Default: HEAD.")] = "HEAD",
+    path: PackagePath = None,
+) -> None:
+    """Name a version."""
+    from conveyor.cli import vcs  # noqa: PLC0415
+
+    raise typer.Exit(vcs.run_tag(path, name, version))
+
+
+@vcs_app.command("fsck")
+def vcs_fsck(path: PackagePath = None) -> None:
+    """Verify every manifest, changelog, reference and stored object."""
+    from conveyor.cli import vcs  # noqa: PLC0415
+
+    raise typer.Exit(vcs.run_fsck(path))
 
 
 def run() -> None:
