@@ -530,6 +530,24 @@ def machine_facts(config: Config, load: tuple[float, float, float]) -> list[str]
     ]
 
 
+def startup_floor(conveyor: Conveyor | None, runs: int) -> str:
+    """Median start-up of `git --version` and `conveyor --version`, timed interleaved after a warm-up.
+
+    Not `conveyor vcs --help`: rendering typer's help imports rich, which is slower than a real command.
+    """
+    commands = {"git --version": [shutil.which("git") or "git", "--version"]}
+    if conveyor is not None:
+        commands["conveyor --version"] = [str(conveyor.exe), "--version"]
+    samples: dict[str, list[float]] = {name: [] for name in commands}
+    for i in range(runs + 1):
+        for name, argv in commands.items():
+            elapsed = run(argv, Path.cwd())[0]
+            if i:  # the first round warms the page cache
+                samples[name].append(elapsed)
+    medians = ", ".join(f"`{name}` {statistics.median(v):.1f} ms" for name, v in samples.items())
+    return f"- Start-up floor (median of {runs}, interleaved): {medians}"
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -613,6 +631,7 @@ def main(argv: list[str] | None = None) -> int:
     if unavailable:
         log(f"conveyor vcs is not available ({unavailable}); measuring git only")
         conveyor = None
+    floor = startup_floor(conveyor, config.runs)
     base = Path(tempfile.mkdtemp(prefix="bench-vcs-", dir=config.workdir))
     results: list[SizeResult] = []
     try:
@@ -625,7 +644,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"trees kept in {base}")
         else:
             shutil.rmtree(base, ignore_errors=True)
-    section = report(config, results, machine_facts(config, load), unavailable)
+    section = report(config, results, [*machine_facts(config, load), floor], unavailable)
     print(section)
     write_section(config.out, section)
     for result in results:
