@@ -7,17 +7,11 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from conveyor.cli.output import console, error
-from conveyor.pkgvcs import (
-    NothingToCommit,
-    Package,
-    VcsError,
-    checkout,
-    diff,
-    fsck,
-    porcelain_quote,
-)
+from conveyor.pkgvcs.errors import NothingToCommit, VcsError
+from conveyor.pkgvcs.package import Package
+from conveyor.pkgvcs.paths import porcelain_quote
 
 __all__ = [
     "run_checkout",
@@ -34,11 +28,25 @@ __all__ = [
 _SECTIONS = (("A", "New files", "green"), ("M", "Modified files", "yellow"), ("D", "Deleted files", "red"))
 
 
+class _LazyConsole:
+    """rich is imported only by commands that print for people (not ``status --porcelain``)."""
+
+    def __getattr__(self, name: str) -> Any:
+        from conveyor.cli.output import console as real  # noqa: PLC0415
+
+        return getattr(real, name)
+
+
+console = _LazyConsole()
+
+
 def _package(path: str | None) -> Package:
     return Package.find(Path(path or "."))
 
 
 def _fail(exc: Exception) -> int:
+    from conveyor.cli.output import error  # noqa: PLC0415
+
     error(str(exc))
     return 1 if isinstance(exc, VcsError) else 2
 
@@ -152,6 +160,8 @@ def run_diff(path: str | None, ref: str, paths: Sequence[str]) -> int:
     try:
         package = _package(path)
         selected = [os.fsencode(p).strip(b"/") for p in paths]
+        from conveyor.pkgvcs.diffs import diff  # noqa: PLC0415
+
         for line in diff(package, ref, selected):
             sys.stdout.write(line)
     except (VcsError, OSError) as exc:
@@ -161,6 +171,8 @@ def run_diff(path: str | None, ref: str, paths: Sequence[str]) -> int:
 
 def run_checkout(path: str | None, ref: str, *, force: bool) -> int:
     try:
+        from conveyor.pkgvcs.worktree import checkout  # noqa: PLC0415
+
         version = checkout(_package(path), ref, force=force)
     except (VcsError, OSError) as exc:
         return _fail(exc)
@@ -184,11 +196,13 @@ def run_tag(path: str | None, name: str | None, ref: str) -> int:
 
 def run_fsck(path: str | None) -> int:
     try:
+        from conveyor.pkgvcs.integrity import fsck  # noqa: PLC0415
+
         versions, problems = fsck(_package(path))
     except (VcsError, OSError) as exc:
         return _fail(exc)
     for problem in problems:
-        error(problem)
+        _fail(VcsError(problem))
     if not problems:
         console.print(f"{versions} versions and their objects verified")
     return 1 if problems else 0

@@ -26,17 +26,21 @@ from conveyor.pkgvcs.storage import atomic_write
 __all__ = ["Index", "Stat"]
 
 _MAGIC = b"CVIX"
-_FORMAT = (1, sys.version_info[:2])  # marshal's format follows the interpreter
+_FORMAT = (2, sys.version_info[:2])  # marshal's format follows the interpreter
 
 # (mode, size, mtime_ns, ctime_ns, inode)
 Stat = tuple[int, int, int, int, int]
+# Stat + the sha256 of the content seen with it
+Entry = tuple[int, int, int, int, int, str]
 
 
 @dataclass
 class Index:
+    """Plain tuples throughout: this is loaded on every ``status``, 100,000 entries at a time."""
+
     head: str | None = None
-    tree: Tree = field(default_factory=dict)
-    stats: dict[bytes, tuple[Stat, str]] = field(default_factory=dict)
+    tree: dict[bytes, tuple[int, int, str]] = field(default_factory=dict)  # HEAD: mode, size, sha256
+    stats: dict[bytes, Entry] = field(default_factory=dict)
     written_ns: int = 0  # mtime of the index file when it was read; 0: trust nothing
 
     @classmethod
@@ -56,22 +60,24 @@ class Index:
             return cls()
         if fmt != _FORMAT:
             return cls()
-        return cls(
-            head=head,
-            tree={path: FileEntry(*entry) for path, entry in tree.items()},
-            stats=stats,
-            written_ns=written_ns,
-        )
+        return cls(head=head, tree=tree, stats=stats, written_ns=written_ns)
 
     def save(self, path: Path) -> None:
-        tree = {p: tuple(e) for p, e in self.tree.items()}
-        payload = marshal.dumps((_FORMAT, self.head, tree, self.stats))
+        payload = marshal.dumps((_FORMAT, self.head, self.tree, self.stats))
         atomic_write(path, _MAGIC + hashlib.sha256(payload).digest() + payload, durable=False)
         self.written_ns = os.stat(path).st_mtime_ns
+
+    def head_tree(self) -> Tree:
+        new = tuple.__new__
+        return dict(zip(self.tree, [new(FileEntry, entry) for entry in self.tree.values()], strict=True))
+
+    def set_head(self, head: str | None, tree: Tree) -> None:
+        self.head = head
+        self.tree = {path: (e.mode, e.size, e.sha256) for path, e in tree.items()}
 
     def cached_sha(self, path: bytes, stat: Stat) -> str | None:
         """The sha256 recorded for ``path`` if its stat is unchanged and not racy."""
         cached = self.stats.get(path)
-        if cached is None or cached[0] != stat or stat[2] >= self.written_ns:
+        if cached is None or cached[:5] != stat or stat[2] >= self.written_ns:
             return None
-        return cached[1]
+        return cached[5]

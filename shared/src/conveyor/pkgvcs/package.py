@@ -7,10 +7,10 @@ import hashlib
 import os
 import re
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from conveyor.pkgvcs import ini
 from conveyor.pkgvcs.errors import CorruptFile, NotAPackage, NothingToCommit, UnknownVersion
@@ -28,7 +28,8 @@ from conveyor.pkgvcs.manifest import (
     render_manifest,
     version_id,
 )
-from conveyor.pkgvcs.scan import METADATA_DIR, Ignore, scan
+from conveyor.pkgvcs.parallel import compare, parallel_compare
+from conveyor.pkgvcs.scan import METADATA_DIR, Ignore, iter_files
 from conveyor.pkgvcs.storage import ObjectStore, atomic_write, package_lock
 
 __all__ = ["Package", "Status"]
@@ -182,29 +183,16 @@ class Package:
         index = Index.load(self.index_path)
         head = self.head()
         if index.head != head:
-            index.head = head
-            index.tree = self.version(head)[1] if head else {}
+            index.set_head(head, self.version(head)[1] if head else {})
         return index
 
-    def working_tree(self, index: Index, *, store: bool = False) -> tuple[Tree, bool]:
-        """The working tree as a Tree, hashing only files whose stat changed.
-
-        With ``store`` every file's content is also put in the object store.
-        Returns the tree and whether the index learned anything.
-        """
-        files = scan(self.root, Ignore(self.root, index.tree))
-        tree: Tree = {}
-        stale: list[tuple[bytes, Stat]] = []
-        known = self.objects.known() if store else set()
-        for path, stat in files.items():
-            sha = index.cached_sha(path, stat)
-            if sha is None or (store and sha not in known):
-                stale.append((path, stat))
-            else:
-                tree[path] = FileEntry(stat[0], stat[1], sha)
+    def _digest(
+        self, stale: list[tuple[bytes, Stat]], *, store: bool
+    ) -> Iterator[tuple[bytes, Stat, str, int]]:
+        """Hash (and with ``store`` keep) the files whose stat the cache cannot vouch for."""
         root = os.fsencode(self.root)
 
-        def digest(item: tuple[bytes, Stat]) -> tuple[bytes, Stat, str, int] | None:
+        def one(item: tuple[bytes, Stat]) -> tuple[bytes, Stat, str, int] | None:
             path, stat = item
             try:
                 data = _read(root, path, stat[0])
@@ -215,29 +203,77 @@ class Package:
                 self.objects.put(sha, data)
             return path, stat, sha, len(data)
 
-        with ThreadPoolExecutor(max_workers=4) as pool:
-            for result in pool.map(digest, stale):
-                if result is None:
+        if len(stale) < 256:
+            results: Iterator[tuple[bytes, Stat, str, int] | None] = map(one, stale)
+        else:  # reading, hashing and compressing release the GIL: worth threads for big batches
+            from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+
+            with ThreadPoolExecutor(max_workers=4) as pool:
+                results = iter(list(pool.map(one, stale)))
+        for result in results:
+            if result is not None:
+                yield result
+
+    def _walk(
+        self, index: Index, trusted: set[str] | None = None
+    ) -> tuple[list[tuple[bytes, Stat, str]], list[tuple[bytes, Stat]]]:
+        """One pass over the tree: files the cache vouches for (with their sha256) and files to
+        hash. With ``trusted``, the sha256 must also be among the stored objects."""
+        stats, written = index.stats, index.written_ns
+        clean: list[tuple[bytes, Stat, str]] = []
+        stale: list[tuple[bytes, Stat]] = []
+        for path, stat in iter_files(self.root, Ignore(self.root, index.tree)):
+            cached = stats.get(path)
+            if cached is not None and cached[:5] == stat and stat[2] < written:
+                sha = cached[5]
+                if trusted is None or sha in trusted:
+                    clean.append((path, stat, sha))
                     continue
-                path, stat, sha, size = result
-                tree[path] = FileEntry(stat[0], size, sha)
-                index.stats[path] = (stat, sha)
-        for path in index.stats.keys() - files.keys():
+            stale.append((path, stat))
+        return clean, stale
+
+    def working_tree(self, index: Index, *, store: bool = False) -> tuple[Tree, bool]:
+        """The working tree as a Tree, hashing only files whose stat changed.
+
+        With ``store`` every file's content is also in the object store after.
+        Returns the tree and whether the index learned anything.
+        """
+        clean, stale = self._walk(index, self.objects.known() if store else None)
+        new = tuple.__new__
+        tree: Tree = {path: new(FileEntry, (stat[0], stat[1], sha)) for path, stat, sha in clean}
+        for path, stat, sha, size in self._digest(stale, store=store):
+            tree[path] = FileEntry(stat[0], size, sha)
+            index.stats[path] = (*stat, sha)
+        learned = self._forget_missing(index, tree)
+        return tree, learned or bool(stale)
+
+    @staticmethod
+    def _forget_missing(index: Index, present: dict[bytes, Any]) -> bool:
+        if len(index.stats) == len(present):  # every cached path is still there
+            return False
+        for path in index.stats.keys() - present.keys():
             del index.stats[path]
-        return tree, bool(stale)
+        return True
 
     def status(self) -> Status:
+        """Compare the working tree with HEAD: one lstat per file, few hashes (the hot path)."""
         index = self.load_index()
-        tree, learned = self.working_tree(index)
-        changes = diff_trees(index.tree, tree)
+        ignore = Ignore(self.root, index.tree)
+        found = parallel_compare(self.root, index, ignore) or compare(
+            self.root, index, iter_files(self.root, ignore), None
+        )
+        added, modified, deleted, hashed = found
+        for path, stat, sha in hashed:
+            index.stats[path] = (*stat, sha)
+        learned = bool(hashed)
+        if len(index.stats) > len(index.tree) - len(deleted) + len(added):  # entries of vanished files
+            present = (index.tree.keys() - set(deleted)) | set(added)
+            for path in index.stats.keys() - present:
+                del index.stats[path]
+            learned = True
         if learned:
             self._save_index_if_free(index)
-        return Status(
-            head=index.head,
-            added=list(changes.added),
-            modified=list(changes.modified),
-            deleted=list(changes.deleted),
-        )
+        return Status(head=index.head, added=added, modified=modified, deleted=deleted)
 
     def _save_index_if_free(self, index: Index) -> None:
         """Refresh the cache for the next status, unless a writer holds the lock."""
@@ -263,7 +299,7 @@ class Package:
             new_id = version_id(tree)
             if new_id == index.head:
                 raise NothingToCommit(f"nothing to commit: the working tree is version {new_id[:12]}")
-            changes = diff_trees(index.tree, tree)
+            changes = diff_trees(index.head_tree(), tree)
             info = VersionInfo(
                 id=new_id,
                 package=self.name,
@@ -281,6 +317,6 @@ class Package:
                 )
                 atomic_write(manifest, render_manifest(info, tree).encode())
             atomic_write(self.meta / "HEAD", f"{new_id}\n".encode())  # the commit point
-            index.head, index.tree = new_id, tree
+            index.set_head(new_id, tree)
             index.save(self.index_path)
             return info

@@ -28,7 +28,8 @@ def checkout(package: Package, ref: str, *, force: bool = False) -> str:
         _, wanted = package.version(target)
         index = package.load_index()
         current, _ = package.working_tree(index)
-        pending = diff_trees(index.tree, current)
+        head_tree = index.head_tree()
+        pending = diff_trees(head_tree, current)
         if pending and not force:
             raise UncommittedChanges(
                 f"{len(pending.added)} added, {len(pending.modified)} modified and {len(pending.deleted)} "
@@ -36,13 +37,13 @@ def checkout(package: Package, ref: str, *, force: bool = False) -> str:
             )
         root = os.fsencode(package.root)
         for path in current.keys() - wanted.keys():
-            if path in index.tree or force:
+            if path in head_tree or force:
                 _remove(root, path)
         for path, entry in sorted(wanted.items()):
             if current.get(path) != entry:
                 _write(package, root, path, entry)
         atomic_write(package.meta / "HEAD", f"{target}\n".encode())
-        index.head, index.tree = target, wanted
+        index.set_head(target, wanted)
         index.stats.clear()  # re-learn the stat of everything written
         index.save(package.index_path)
         return target
