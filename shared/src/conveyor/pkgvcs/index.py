@@ -13,34 +13,46 @@ hashed again (git's "racy git" rule).
 
 from __future__ import annotations
 
-import hashlib
 import marshal
 import os
+import struct
 import sys
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from conveyor.pkgvcs.manifest import FileEntry, Tree
 from conveyor.pkgvcs.storage import atomic_write
 
-__all__ = ["Index", "Stat"]
+__all__ = ["HEAD_SIZE", "STAT_SIZE", "Index", "Stat", "pack_mode", "pack_stat"]
 
 _MAGIC = b"CVIX"
-_FORMAT = (2, sys.version_info[:2])  # marshal's format follows the interpreter
+_FORMAT = (3, sys.version_info[:2])  # marshal's format follows the interpreter
 
-# (mode, size, mtime_ns, ctime_ns, inode)
+# (mode, size, mtime_ns, ctime_ns, inode), as lstat gave them
 Stat = tuple[int, int, int, int, int]
-# Stat + the sha256 of the content seen with it
-Entry = tuple[int, int, int, int, int, str]
+
+# Entries are packed into one bytes object each: loading 100,000 of them is
+# then a fraction of what as many tuples of ints cost.
+_STAT = struct.Struct("<IQqqQ")  # 36 bytes, then the 32-byte sha256 digest
+_HEAD = struct.Struct("<IQ")  # mode, size (12 bytes), then the digest
+STAT_SIZE = _STAT.size
+HEAD_SIZE = _HEAD.size
+pack_stat = _STAT.pack
+_MODES = {mode: struct.pack("<I", mode) for mode in (0o100644, 0o100755, 0o120000)}
+
+
+def pack_mode(mode: int) -> bytes:
+    return _MODES[mode]
 
 
 @dataclass
 class Index:
-    """Plain tuples throughout: this is loaded on every ``status``, 100,000 entries at a time."""
+    """``tree``: HEAD's files as ``mode, size, digest``; ``stats``: ``stat, digest`` per path seen."""
 
     head: str | None = None
-    tree: dict[bytes, tuple[int, int, str]] = field(default_factory=dict)  # HEAD: mode, size, sha256
-    stats: dict[bytes, Entry] = field(default_factory=dict)
+    tree: dict[bytes, bytes] = field(default_factory=dict)
+    stats: dict[bytes, bytes] = field(default_factory=dict)
     written_ns: int = 0  # mtime of the index file when it was read; 0: trust nothing
 
     @classmethod
@@ -48,15 +60,15 @@ class Index:
         try:
             data = path.read_bytes()
             written_ns = os.stat(path).st_mtime_ns
-            payload = data[len(_MAGIC) + 32 :]
-            if (
-                data[: len(_MAGIC)] != _MAGIC
-                or hashlib.sha256(payload).digest() != data[len(_MAGIC) : len(_MAGIC) + 32]
-            ):
-                return cls()  # not ours, or damaged: re-hash instead
-            # marshal only ever reads bytes this code wrote (the checksum above), never foreign input.
+        except OSError:
+            return cls()
+        payload = data[len(_MAGIC) + 4 :]
+        if data[: len(_MAGIC)] != _MAGIC or zlib.crc32(payload).to_bytes(4, "little") != data[4:8]:
+            return cls()  # not ours, or damaged: re-hash instead
+        try:
+            # marshal only reads bytes this code wrote (magic and checksum above), never foreign input.
             fmt, head, tree, stats = marshal.loads(payload)  # noqa: S302
-        except (OSError, ValueError, EOFError, TypeError):
+        except (ValueError, EOFError, TypeError):
             return cls()
         if fmt != _FORMAT:
             return cls()
@@ -64,20 +76,28 @@ class Index:
 
     def save(self, path: Path) -> None:
         payload = marshal.dumps((_FORMAT, self.head, self.tree, self.stats))
-        atomic_write(path, _MAGIC + hashlib.sha256(payload).digest() + payload, durable=False)
+        atomic_write(path, _MAGIC + zlib.crc32(payload).to_bytes(4, "little") + payload, durable=False)
         self.written_ns = os.stat(path).st_mtime_ns
 
     def head_tree(self) -> Tree:
-        new = tuple.__new__
-        return dict(zip(self.tree, [new(FileEntry, entry) for entry in self.tree.values()], strict=True))
+        unpack = _HEAD.unpack_from
+        tree: Tree = {}
+        for path, packed in self.tree.items():
+            mode, size = unpack(packed)
+            tree[path] = FileEntry(mode, size, packed[HEAD_SIZE:].hex())
+        return tree
 
     def set_head(self, head: str | None, tree: Tree) -> None:
         self.head = head
-        self.tree = {path: (e.mode, e.size, e.sha256) for path, e in tree.items()}
+        pack = _HEAD.pack
+        self.tree = {path: pack(e.mode, e.size) + bytes.fromhex(e.sha256) for path, e in tree.items()}
 
-    def cached_sha(self, path: bytes, stat: Stat) -> str | None:
-        """The sha256 recorded for ``path`` if its stat is unchanged and not racy."""
+    def record(self, path: bytes, stat: Stat, digest: bytes) -> None:
+        self.stats[path] = pack_stat(*stat) + digest
+
+    def cached_digest(self, path: bytes, stat: Stat) -> bytes | None:
+        """The sha256 digest recorded for ``path`` if its stat is unchanged and not racy."""
         cached = self.stats.get(path)
-        if cached is None or cached[:5] != stat or stat[2] >= self.written_ns:
+        if cached is None or stat[2] >= self.written_ns or cached[:STAT_SIZE] != pack_stat(*stat):
             return None
-        return cached[5]
+        return cached[STAT_SIZE:]

@@ -219,13 +219,12 @@ class Package:
     ) -> tuple[list[tuple[bytes, Stat, str]], list[tuple[bytes, Stat]]]:
         """One pass over the tree: files the cache vouches for (with their sha256) and files to
         hash. With ``trusted``, the sha256 must also be among the stored objects."""
-        stats, written = index.stats, index.written_ns
         clean: list[tuple[bytes, Stat, str]] = []
         stale: list[tuple[bytes, Stat]] = []
         for path, stat in iter_files(self.root, Ignore(self.root, index.tree)):
-            cached = stats.get(path)
-            if cached is not None and cached[:5] == stat and stat[2] < written:
-                sha = cached[5]
+            digest = index.cached_digest(path, stat)
+            if digest is not None:
+                sha = digest.hex()
                 if trusted is None or sha in trusted:
                     clean.append((path, stat, sha))
                     continue
@@ -243,7 +242,7 @@ class Package:
         tree: Tree = {path: new(FileEntry, (stat[0], stat[1], sha)) for path, stat, sha in clean}
         for path, stat, sha, size in self._digest(stale, store=store):
             tree[path] = FileEntry(stat[0], size, sha)
-            index.stats[path] = (*stat, sha)
+            index.record(path, stat, bytes.fromhex(sha))
         learned = self._forget_missing(index, tree)
         return tree, learned or bool(stale)
 
@@ -263,8 +262,8 @@ class Package:
             self.root, index, iter_files(self.root, ignore), None
         )
         added, modified, deleted, hashed = found
-        for path, stat, sha in hashed:
-            index.stats[path] = (*stat, sha)
+        for path, stat, digest in hashed:
+            index.record(path, stat, digest)
         learned = bool(hashed)
         if len(index.stats) > len(index.tree) - len(deleted) + len(added):  # entries of vanished files
             present = (index.tree.keys() - set(deleted)) | set(added)

@@ -18,25 +18,25 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from conveyor.pkgvcs.errors import VcsError
-from conveyor.pkgvcs.index import Index, Stat
+from conveyor.pkgvcs.index import HEAD_SIZE, STAT_SIZE, Index, Stat, pack_mode, pack_stat
 from conveyor.pkgvcs.manifest import MODE_SYMLINK
 from conveyor.pkgvcs.scan import METADATA_DIR, Ignore, iter_files
 
 __all__ = ["Differences", "compare", "parallel_compare"]
 
-# added, modified, deleted, newly hashed (path, stat, sha256)
-Differences = tuple[list[bytes], list[bytes], list[bytes], list[tuple[bytes, Stat, str]]]
+# added, modified, deleted, newly hashed (path, stat, sha256 digest)
+Differences = tuple[list[bytes], list[bytes], list[bytes], list[tuple[bytes, Stat, bytes]]]
 
 PARALLEL_FROM = 20_000  # files in the cache; below this a fork costs more than it saves
 
 
-def _hash(root: bytes, path: bytes, mode: int) -> str | None:
+def _hash(root: bytes, path: bytes, mode: int) -> bytes | None:
     full = root + b"/" + path
     try:
         if mode == MODE_SYMLINK:
-            return hashlib.sha256(os.readlink(full)).hexdigest()
+            return hashlib.sha256(os.readlink(full)).digest()
         with open(full, "rb") as handle:
-            return hashlib.sha256(handle.read()).hexdigest()
+            return hashlib.sha256(handle.read()).digest()
     except FileNotFoundError:
         return None  # deleted while we looked
 
@@ -50,23 +50,23 @@ def compare(
     base = os.fsencode(root)
     added: list[bytes] = []
     modified: list[bytes] = []
-    hashed: list[tuple[bytes, Stat, str]] = []
+    hashed: list[tuple[bytes, Stat, bytes]] = []
     seen: set[bytes] = set()
     for path, stat in files:
         cached = stats.get(path)
-        if cached is not None and cached[:5] == stat and stat[2] < written:
-            sha: str | None = cached[5]
+        if cached is not None and stat[2] < written and cached[:STAT_SIZE] == pack_stat(*stat):
+            digest: bytes | None = cached[STAT_SIZE:]
         else:
-            sha = _hash(base, path, stat[0])
-            if sha is None:
+            digest = _hash(base, path, stat[0])
+            if digest is None:
                 continue
-            hashed.append((path, stat, sha))
+            hashed.append((path, stat, digest))
         entry = head.get(path)
         if entry is None:
             added.append(path)
             continue
         seen.add(path)
-        if entry[2] != sha or entry[0] != stat[0]:
+        if entry[HEAD_SIZE:] != digest or entry[:4] != pack_mode(stat[0]):
             modified.append(path)
     if owns is None:
         deleted = [p for p in head if p not in seen]
