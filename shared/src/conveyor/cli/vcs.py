@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import Sequence
@@ -70,6 +69,8 @@ def run_status(path: str | None, *, porcelain: bool, as_json: bool, exit_code: b
     if porcelain:
         sys.stdout.write("".join(f"{code} {porcelain_quote(p)}\n" for code, p in entries))
     elif as_json:
+        import json  # noqa: PLC0415 - only --json needs it
+
         print(
             json.dumps(
                 {
@@ -121,6 +122,8 @@ def run_log(path: str | None, *, as_json: bool) -> int:
         return _fail(exc)
     for info in history:
         if as_json:
+            import json  # noqa: PLC0415
+
             print(
                 json.dumps(
                     {

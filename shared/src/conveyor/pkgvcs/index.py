@@ -18,7 +18,6 @@ import os
 import struct
 import sys
 import zlib
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from conveyor.pkgvcs.manifest import FileEntry, Tree
@@ -46,14 +45,22 @@ def pack_mode(mode: int) -> bytes:
     return _MODES[mode]
 
 
-@dataclass
 class Index:
     """``tree``: HEAD's files as ``mode, size, digest``; ``stats``: ``stat, digest`` per path seen."""
 
-    head: str | None = None
-    tree: dict[bytes, bytes] = field(default_factory=dict)
-    stats: dict[bytes, bytes] = field(default_factory=dict)
-    written_ns: int = 0  # mtime of the index file when it was read; 0: trust nothing
+    __slots__ = ("head", "stats", "tree", "written_ns")
+
+    def __init__(
+        self,
+        head: str | None = None,
+        tree: dict[bytes, bytes] | None = None,
+        stats: dict[bytes, bytes] | None = None,
+        written_ns: int = 0,
+    ) -> None:
+        self.head = head
+        self.tree: dict[bytes, bytes] = tree if tree is not None else {}
+        self.stats: dict[bytes, bytes] = stats if stats is not None else {}
+        self.written_ns = written_ns  # mtime of the index file when read; 0: trust nothing
 
     @classmethod
     def load(cls, path: Path) -> Index:

@@ -9,7 +9,7 @@ error names the file and line.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from conveyor.pkgvcs.errors import CorruptFile
 from conveyor.pkgvcs.paths import ini_quote, unquote
@@ -17,11 +17,10 @@ from conveyor.pkgvcs.paths import ini_quote, unquote
 __all__ = ["Section", "parse", "quote_text", "render", "unquote_text"]
 
 
-@dataclass
-class Section:
+class Section(NamedTuple):
     name: str
     line: int
-    entries: list[tuple[str, str, int]] = field(default_factory=list)  # key, value, line
+    entries: list[tuple[str, str, int]]  # key, value, line
 
     def values(self, source: str) -> dict[str, str]:
         """Plain ``key = value`` pairs; a repeated key is an error."""
@@ -42,7 +41,7 @@ def parse(text: str, source: str) -> list[Section]:
         if line[0] == "[":
             if line[-1] != "]" or len(line) < 3:
                 raise CorruptFile(f"{source}:{number}: malformed section header {raw!r}")
-            sections.append(Section(line[1:-1].strip(), number))
+            sections.append(Section(line[1:-1].strip(), number, []))
             continue
         if not sections:
             raise CorruptFile(f"{source}:{number}: a setting before any [section]")

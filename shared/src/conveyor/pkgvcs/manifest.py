@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from conveyor.pkgvcs import ini
@@ -62,15 +61,14 @@ def version_id(tree: Tree) -> str:
     return hashlib.sha256(canonical.encode("ascii")).hexdigest()
 
 
-@dataclass(frozen=True)
-class VersionInfo:
+class VersionInfo(NamedTuple):
     id: str
     package: str
     parent: str | None
     author: str
     date: str  # ISO 8601, UTC
     message: str
-    counts: dict[str, int] = field(default_factory=dict)  # files, added, modified, deleted
+    counts: dict[str, int]  # files, added, modified, deleted
 
 
 def _header(info: VersionInfo) -> list[tuple[str, str]]:
@@ -172,11 +170,17 @@ def parse_manifest(text: str, source: str) -> tuple[VersionInfo, Tree]:
     return info, tree
 
 
-@dataclass
 class Changes:
-    added: Tree = field(default_factory=dict)
-    modified: Tree = field(default_factory=dict)  # the new entries
-    deleted: Tree = field(default_factory=dict)  # the old entries
+    """Added and modified files as they are now; deleted ones as they were."""
+
+    __slots__ = ("added", "deleted", "modified")
+
+    def __init__(
+        self, added: Tree | None = None, modified: Tree | None = None, deleted: Tree | None = None
+    ) -> None:
+        self.added: Tree = added if added is not None else {}
+        self.modified: Tree = modified if modified is not None else {}
+        self.deleted: Tree = deleted if deleted is not None else {}
 
     def __bool__(self) -> bool:
         return bool(self.added or self.modified or self.deleted)

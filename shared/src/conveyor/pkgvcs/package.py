@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import getpass
 import hashlib
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -38,14 +35,18 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _ID = re.compile(r"^[0-9a-f]{64}$")
 
 
-@dataclass
 class Status:
     """What differs between the working tree and the current version."""
 
-    head: str | None
-    added: list[bytes] = field(default_factory=list)
-    modified: list[bytes] = field(default_factory=list)
-    deleted: list[bytes] = field(default_factory=list)
+    __slots__ = ("added", "deleted", "head", "modified")
+
+    def __init__(
+        self, head: str | None, added: list[bytes], modified: list[bytes], deleted: list[bytes]
+    ) -> None:
+        self.head = head
+        self.added = added
+        self.modified = modified
+        self.deleted = deleted
 
     def __bool__(self) -> bool:
         return bool(self.added or self.modified or self.deleted)
@@ -299,6 +300,9 @@ class Package:
             if new_id == index.head:
                 raise NothingToCommit(f"nothing to commit: the working tree is version {new_id[:12]}")
             changes = diff_trees(index.head_tree(), tree)
+            import getpass  # noqa: PLC0415
+            from datetime import UTC, datetime  # noqa: PLC0415 - status never needs it
+
             info = VersionInfo(
                 id=new_id,
                 package=self.name,

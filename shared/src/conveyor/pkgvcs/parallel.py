@@ -27,7 +27,7 @@ __all__ = ["Differences", "compare", "parallel_compare"]
 # added, modified, deleted, newly hashed (path, stat, sha256 digest)
 Differences = tuple[list[bytes], list[bytes], list[bytes], list[tuple[bytes, Stat, bytes]]]
 
-PARALLEL_FROM = 20_000  # files in the cache; below this a fork costs more than it saves
+PARALLEL_FROM = 4_000  # files in the cache; below this a fork costs more than it saves
 
 
 def _hash(root: bytes, path: bytes, mode: int) -> bytes | None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import socket
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -100,6 +99,8 @@ class ObjectStore:
 
 
 def _holder_alive(text: str) -> bool:
+    import socket  # noqa: PLC0415 - only writers need it
+
     host, _, pid = text.strip().rpartition(":")
     if host != socket.gethostname() or not pid.isdigit():
         return True  # another host's lock, or unreadable: assume it is held
@@ -133,6 +134,8 @@ def package_lock(path: Path) -> Iterator[None]:
                 os.unlink(path)  # its process is gone
     else:
         raise LockHeld(f"could not take {path}")
+    import socket  # noqa: PLC0415
+
     try:
         os.write(fd, f"{socket.gethostname()}:{os.getpid()}\n".encode())
         os.close(fd)
