@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import platform
-import re
 import shlex
 import signal
 import statistics
@@ -43,6 +42,9 @@ from conveyor.bus import DEAD_LETTER_EXCHANGE, Bus, QueueSpec
 from conveyor.contracts import DriftDetected, Envelope
 from conveyor.observability import configure_logging
 from conveyor.settings import BusSettings
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/, for results.py
+from results import write_section
 
 SECTION_TITLE = "## Bus: Conveyor bus vs raw aio-pika"
 TARGET_OVERHEAD = 0.15
@@ -550,18 +552,6 @@ def render_section(config: Config, results: list[PhaseResult], facts: list[str])
     return "\n".join(lines)
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace this benchmark's section of ``path`` (or append it), leaving the rest alone."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(SECTION_TITLE)}\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text.rstrip("\n") + "\n")
-
-
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
     configure_logging(service="bench", level="warning", fmt="console")
@@ -577,7 +567,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"benchmark failed: {exc}", file=sys.stderr)
             return 1
     section = render_section(config, results, machine_facts(config, load_before))
-    write_section(config.out, section)
+    write_section(config.out, SECTION_TITLE, section)
     print(section)
     print(f"written to {config.out}", file=sys.stderr)
     return 0

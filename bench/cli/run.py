@@ -19,6 +19,9 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/, for results.py
+from results import write_section
+
 TARGET_MS = 150.0
 SECTION = "## CLI start-up: `conveyor --version`"
 
@@ -85,17 +88,6 @@ def report(samples: dict[str, list[float]], runs: int, command: str) -> str:
     )
 
 
-def write_section(path: Path, section: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmark results\n\n"
-    start = text.find(SECTION)
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + section + (text[end + 1 :] if end >= 0 else "")
-    path.write_text(text)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=30)
@@ -108,7 +100,7 @@ def main() -> int:
         "uv run python bench/cli/run.py" + (f" --runs {args.runs}" if args.runs != 30 else ""),
     )
     print(section)
-    write_section(args.out, section)
+    write_section(args.out, SECTION, section)
     return 0 if statistics.median(samples["conveyor --version"]) < TARGET_MS else 1
 
 

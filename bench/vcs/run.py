@@ -42,6 +42,9 @@ from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/, for results.py
+from results import write_section
+
 SECTION_TITLE = "## VCS: conveyor vcs vs git"
 SEED = 20261126
 FILES_PER_DIR = 100
@@ -598,18 +601,6 @@ def report(config: Config, results: list[SizeResult], facts: list[str], unavaila
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace this benchmark's section of ``path`` (or append it), leaving the rest alone."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(SECTION_TITLE)}\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text.rstrip("\n") + "\n")
-
-
 # -- main -------------------------------------------------------------------------
 
 
@@ -646,7 +637,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(base, ignore_errors=True)
     section = report(config, results, [*machine_facts(config, load), floor], unavailable)
     print(section)
-    write_section(config.out, section)
+    write_section(config.out, SECTION_TITLE, section)
     for result in results:
         for problem in ([result.conveyor_error] if result.conveyor_error else []) + result.problems:
             log(f"{result.n:,} files: FAILED CHECK: {problem}")
