@@ -312,3 +312,20 @@ def test_cli_status_formats_and_exit_codes(package: Package) -> None:
     assert lost.returncode == 1
     assert "is not inside a package" in lost.stderr
     assert "Traceback" not in lost.stderr
+
+
+def test_cli_diff_takes_paths_after_a_double_dash(package: Package) -> None:
+    root = package.root
+    first = package.commit("first")
+    (root / "app.py").write_text("print('hello')\n")
+    (root / "conf/app.ini").write_text("[a]\nb = 2\n")
+    only = vcs("diff", "--", "app.py", cwd=root)
+    assert only.returncode == 0, only.stderr
+    assert "b/app.py" in only.stdout
+    assert "app.ini" not in only.stdout
+    versioned = vcs("diff", first.id[:8], "--", "conf", cwd=root)
+    assert "+b = 2" in versioned.stdout
+    assert "app.py" not in versioned.stdout
+    everything = vcs("diff", cwd=root)
+    assert "app.py" in everything.stdout
+    assert "app.ini" in everything.stdout

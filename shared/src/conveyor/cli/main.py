@@ -6,6 +6,7 @@ it runs, so ``conveyor --version`` stays fast.
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated
 
 import typer
@@ -192,7 +193,16 @@ def vcs_diff(
     """Unified diff from a version to the working tree."""
     from conveyor.cli import vcs  # noqa: PLC0415
 
-    raise typer.Exit(vcs.run_diff(path, version, paths or []))
+    selected = paths or []
+    if _after_double_dash(version):  # `diff -- PATH…`: no version given, the first word is a path
+        version, selected = "HEAD", [version, *selected]
+    raise typer.Exit(vcs.run_diff(path, version, selected))
+
+
+def _after_double_dash(word: str) -> bool:
+    """Whether ``word`` came after ``--`` on the command line (click does not say)."""
+    argv = sys.argv
+    return "--" in argv and word in argv[argv.index("--") + 1 :] and word not in argv[: argv.index("--")]
 
 
 @vcs_app.command("checkout")
