@@ -277,15 +277,9 @@ class Package:
 
     def _save_index_if_free(self, index: Index) -> None:
         """Refresh the cache for the next status, unless a writer holds the lock."""
-        try:
-            fd = os.open(self.lock_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            return
-        try:
-            os.close(fd)
-            index.save(self.index_path)
-        finally:
-            os.unlink(self.lock_path)
+        with package_lock(self.lock_path, wait=False) as held:
+            if held:
+                index.save(self.index_path)
 
     # -- committing -------------------------------------------------------------
 

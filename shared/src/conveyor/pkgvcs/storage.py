@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import secrets
+import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -98,9 +100,19 @@ class ObjectStore:
         return data
 
 
-def _holder_alive(text: str) -> bool:
+_EMPTY_LOCK_GRACE_S = 10.0
+
+
+def _holder_alive(path: Path, text: str) -> bool:
     import socket  # noqa: PLC0415 - only writers need it
 
+    if not text.strip():
+        # Locks are created whole (below), so an empty one is from an older or
+        # foreign writer: held only while it is fresh.
+        try:
+            return time.time() - os.stat(path).st_mtime < _EMPTY_LOCK_GRACE_S
+        except FileNotFoundError:
+            return False
     host, _, pid = text.strip().rpartition(":")
     if host != socket.gethostname() or not pid.isdigit():
         return True  # another host's lock, or unreadable: assume it is held
@@ -113,33 +125,50 @@ def _holder_alive(text: str) -> bool:
     return True
 
 
-@contextlib.contextmanager
-def package_lock(path: Path) -> Iterator[None]:
-    """``index.lock``: one writer at a time; a lock left by a dead process is taken over."""
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            break
-        except FileExistsError:
-            try:
-                holder = path.read_text()
-            except FileNotFoundError:
-                continue
-            if _holder_alive(holder):
-                raise LockHeld(
-                    f"{path} is held by {holder.strip() or 'another process'}; wait for it, "
-                    "or remove the file if no conveyor process is running"
-                ) from None
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)  # its process is gone
-    else:
-        raise LockHeld(f"could not take {path}")
+def _create_whole(path: Path) -> bool:
+    """Create ``path`` already holding ``host:pid``: written beside it, then hard-linked
+    into place (atomic, fails if it exists), so no reader ever sees an empty lock."""
     import socket  # noqa: PLC0415
 
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    tmp.write_text(f"{socket.gethostname()}:{os.getpid()}\n")
     try:
-        os.write(fd, f"{socket.gethostname()}:{os.getpid()}\n".encode())
-        os.close(fd)
-        yield
+        os.link(tmp, path)
+    except FileExistsError:
+        return False
+    finally:
+        os.unlink(tmp)
+    return True
+
+
+@contextlib.contextmanager
+def package_lock(path: Path, *, wait: bool = True) -> Iterator[bool]:
+    """``index.lock``: one writer at a time; a lock left by a dead process is taken over.
+
+    Yields True once held. With ``wait=False`` a lock held by a live process
+    yields False instead of raising ``LockHeld``.
+    """
+    for _ in range(3):
+        if _create_whole(path):
+            break
+        try:
+            holder = path.read_text()
+        except FileNotFoundError:
+            continue
+        if _holder_alive(path, holder):
+            if not wait:
+                yield False
+                return
+            raise LockHeld(
+                f"{path} is held by {holder.strip() or 'another process'}; wait for it, "
+                "or remove the file if no conveyor process is running"
+            )
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # its process is gone
+    else:
+        raise LockHeld(f"could not take {path}")
+    try:
+        yield True
     finally:
         with contextlib.suppress(OSError):
             os.unlink(path)

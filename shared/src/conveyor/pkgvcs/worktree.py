@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import stat as st
 
 from conveyor.pkgvcs.errors import UncommittedChanges, VcsError
-from conveyor.pkgvcs.manifest import MODE_EXECUTABLE, MODE_SYMLINK, FileEntry, diff_trees
+from conveyor.pkgvcs.manifest import MODE_EXECUTABLE, MODE_SYMLINK, FileEntry, Tree, diff_trees
 from conveyor.pkgvcs.package import Package
 from conveyor.pkgvcs.paths import porcelain_quote
 from conveyor.pkgvcs.storage import atomic_write, package_lock
@@ -36,9 +37,10 @@ def checkout(package: Package, ref: str, *, force: bool = False) -> str:
                 "deleted files are not committed; commit them, or checkout --force to discard them"
             )
         root = os.fsencode(package.root)
-        for path in current.keys() - wanted.keys():
-            if path in head_tree or force:
-                _remove(root, path)
+        removals = [p for p in current.keys() - wanted.keys() if p in head_tree or force]
+        _check_nothing_in_the_way(root, wanted, set(removals))  # before anything changes
+        for path in removals:
+            _remove(root, path)
         for path, entry in sorted(wanted.items()):
             if current.get(path) != entry:
                 _write(package, root, path, entry)
@@ -78,22 +80,53 @@ def _ensure_parents(root: bytes, path: bytes) -> None:
             os.mkdir(current)
 
 
+def _holds_files(directory: bytes, leaving: set[bytes], prefix: bytes) -> bool:
+    """Whether ``directory`` contains a file (at any depth) that is not about to be removed."""
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            rel = prefix + b"/" + entry.name
+            if entry.is_dir(follow_symlinks=False):
+                if _holds_files(entry.path, leaving, rel):
+                    return True
+            elif rel not in leaving:
+                return True
+    return False
+
+
+def _check_nothing_in_the_way(root: bytes, wanted: Tree, leaving: set[bytes]) -> None:
+    """Refuse, before touching anything, to replace a directory holding files by a file."""
+    for path in wanted:
+        full = root + b"/" + path
+        if os.path.isdir(full) and not os.path.islink(full) and _holds_files(full, leaving, path):
+            raise VcsError(
+                f"{porcelain_quote(path)} is a directory with files in it where the version has a file; "
+                "move them away and run checkout again"
+            )
+
+
+def _temporary_beside(full: bytes) -> bytes:
+    """A fresh name in the same directory that no tracked path can have been given."""
+    head, _, name = full.rpartition(b"/")
+    return b"%s/.%s.%s.conveyor-tmp" % (head, name[:100], secrets.token_hex(8).encode())
+
+
 def _write(package: Package, root: bytes, path: bytes, entry: FileEntry) -> None:
     data = package.objects.get(entry.sha256)
     _ensure_parents(root, path)
     full = root + b"/" + path
     if os.path.isdir(full) and not os.path.islink(full):
-        if any(os.scandir(full)):
-            raise VcsError(f"{porcelain_quote(path)} is a non-empty directory where the version has a file")
-        shutil.rmtree(full)
-    tmp = full + b".conveyor-tmp"
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp)
-    if entry.mode == MODE_SYMLINK:
-        os.symlink(data, tmp)
-    else:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, 0o755 if entry.mode == MODE_EXECUTABLE else 0o644)
-    os.replace(tmp, full)
+        shutil.rmtree(full)  # only empty directories are left here (checked up front)
+    tmp = _temporary_beside(full)
+    try:
+        if entry.mode == MODE_SYMLINK:
+            os.symlink(data, tmp)
+        else:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            os.chmod(tmp, 0o755 if entry.mode == MODE_EXECUTABLE else 0o644)
+        os.replace(tmp, full)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
