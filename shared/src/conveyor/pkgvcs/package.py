@@ -13,7 +13,6 @@ from conveyor.pkgvcs import ini
 from conveyor.pkgvcs.errors import CorruptFile, NotAPackage, NothingToCommit, UnknownVersion
 from conveyor.pkgvcs.index import Index, Stat
 from conveyor.pkgvcs.manifest import (
-    MODE_SYMLINK,
     Changes,
     FileEntry,
     Tree,
@@ -26,7 +25,7 @@ from conveyor.pkgvcs.manifest import (
     version_id,
 )
 from conveyor.pkgvcs.parallel import compare, parallel_compare
-from conveyor.pkgvcs.scan import METADATA_DIR, Ignore, iter_files
+from conveyor.pkgvcs.scan import METADATA_DIR, Ignore, iter_files, read_content
 from conveyor.pkgvcs.storage import ObjectStore, atomic_write, package_lock
 
 __all__ = ["Package", "Status"]
@@ -56,14 +55,6 @@ class Status:
         marked = [("A", p) for p in self.added] + [("M", p) for p in self.modified]
         marked += [("D", p) for p in self.deleted]
         return sorted(marked, key=lambda item: item[1])
-
-
-def _read(root: bytes, path: bytes, mode: int) -> bytes:
-    full = root + b"/" + path
-    if mode == MODE_SYMLINK:
-        return os.readlink(full)
-    with open(full, "rb") as handle:
-        return handle.read()
 
 
 class Package:
@@ -196,7 +187,7 @@ class Package:
         def one(item: tuple[bytes, Stat]) -> tuple[bytes, Stat, str, int] | None:
             path, stat = item
             try:
-                data = _read(root, path, stat[0])
+                data = read_content(root, path, stat[0])
             except FileNotFoundError:
                 return None  # deleted while we looked
             sha = hashlib.sha256(data).hexdigest()

@@ -19,8 +19,7 @@ from pathlib import Path
 
 from conveyor.pkgvcs.errors import VcsError
 from conveyor.pkgvcs.index import HEAD_SIZE, STAT_SIZE, Index, Stat, pack_mode, pack_stat
-from conveyor.pkgvcs.manifest import MODE_SYMLINK
-from conveyor.pkgvcs.scan import METADATA_DIR, Ignore, iter_files
+from conveyor.pkgvcs.scan import METADATA_DIR, Ignore, iter_files, read_content
 
 __all__ = ["Differences", "compare", "parallel_compare"]
 
@@ -31,12 +30,8 @@ PARALLEL_FROM = 4_000  # files in the cache; below this a fork costs more than i
 
 
 def _hash(root: bytes, path: bytes, mode: int) -> bytes | None:
-    full = root + b"/" + path
     try:
-        if mode == MODE_SYMLINK:
-            return hashlib.sha256(os.readlink(full)).digest()
-        with open(full, "rb") as handle:
-            return hashlib.sha256(handle.read()).digest()
+        return hashlib.sha256(read_content(root, path, mode)).digest()
     except FileNotFoundError:
         return None  # deleted while we looked
 

@@ -11,7 +11,7 @@ from typing import Any
 from conveyor.pkgvcs.index import Stat
 from conveyor.pkgvcs.manifest import MODE_EXECUTABLE, MODE_FILE, MODE_SYMLINK
 
-__all__ = ["IGNORE_FILE", "METADATA_DIR", "Ignore", "iter_files"]
+__all__ = ["IGNORE_FILE", "METADATA_DIR", "Ignore", "iter_files", "read_content"]
 
 METADATA_DIR = b".conveyor"
 IGNORE_FILE = ".conveyorignore"
@@ -94,3 +94,12 @@ def iter_files(
 
 _S_ISREG = st.S_ISREG
 _S_ISLNK = st.S_ISLNK
+
+
+def read_content(root: bytes, path: bytes, mode: int) -> bytes:
+    """What a tracked file's sha256 is taken of: its bytes, or a symlink's target."""
+    full = root + b"/" + path
+    if mode == MODE_SYMLINK:
+        return os.readlink(full)
+    with open(full, "rb") as handle:
+        return handle.read()
