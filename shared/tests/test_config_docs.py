@@ -45,7 +45,7 @@ def different(current: object, name: str) -> str:
     if isinstance(current, float):
         return str(current + 1.5)
     if isinstance(current, dict):
-        return '{"dev": "amqp://u:p@h/x"}'
+        return '{"reader": ["a-token"]}' if name == "api_tokens" else '{"dev": "amqp://u:p@h/x"}'
     if isinstance(current, list):
         return "[0.5]"
     return {"log_level": "debug", "log_format": "json", "http_host": "0.0.0.0"}.get(name, "x-1")

@@ -11,16 +11,15 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterator, Sequence
-from enum import Enum
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, SecretStr
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings
 
-from conveyor.settings import CliSettings
+from conveyor.settings import CliSettings, redact_value
 
 __all__ = ["BEGIN", "END", "main", "readme_targets", "render_table", "settings_rows"]
 
@@ -33,8 +32,9 @@ def _default(field: FieldInfo) -> str:
     if isinstance(extra, dict) and isinstance(extra.get("doc_default"), str):
         return str(extra["doc_default"])
     value: Any = field.get_default(call_default_factory=True)
-    if isinstance(value, Enum):
-        value = value.value
+    if isinstance(value, SecretStr):  # a default is public: show it
+        value = value.get_secret_value()
+    value = redact_value(value)
     if isinstance(value, str):
         return value
     return json.dumps(value, separators=(", ", ": "))

@@ -10,6 +10,7 @@ import re
 import socket
 import sys
 from enum import StrEnum
+from pathlib import PurePath
 from typing import Annotated, Any, ClassVar, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -25,6 +26,7 @@ __all__ = [
     "ServiceSettings",
     "load_settings",
     "redact_url",
+    "redact_value",
     "redacted",
 ]
 
@@ -166,25 +168,28 @@ class NodeAgentSettings(ServiceSettings):
         return {self.env: self.envs[self.env]}
 
 
+def redact_value(value: Any) -> Any:
+    """Plain, JSON-ready data with secrets masked: SecretStr and URL passwords."""
+    if isinstance(value, SecretStr):
+        return "**********" if value.get_secret_value() else ""
+    if isinstance(value, BaseModel):
+        return {name: redact_value(getattr(value, name)) for name in type(value).model_fields}
+    if isinstance(value, dict):
+        return {key: redact_value(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact_value(item) for item in value]
+    if isinstance(value, str) and "://" in value:
+        return redact_url(value)
+    if isinstance(value, StrEnum):
+        return value.value
+    if isinstance(value, PurePath):
+        return str(value)
+    return value
+
+
 def redacted(settings: BaseModel) -> dict[str, Any]:
-    """The settings as plain data with secrets masked: SecretStr and URL passwords."""
-
-    def walk(value: Any) -> Any:
-        if isinstance(value, SecretStr):
-            return "**********" if value.get_secret_value() else ""
-        if isinstance(value, BaseModel):
-            return {name: walk(getattr(value, name)) for name in type(value).model_fields}
-        if isinstance(value, dict):
-            return {key: walk(item) for key, item in value.items()}
-        if isinstance(value, list | tuple):
-            return [walk(item) for item in value]
-        if isinstance(value, str) and "://" in value:
-            return redact_url(value)
-        if isinstance(value, StrEnum):
-            return value.value
-        return value
-
-    result = walk(settings)
+    """The settings as plain data with secrets masked."""
+    result = redact_value(settings)
     assert isinstance(result, dict)
     return result
 
