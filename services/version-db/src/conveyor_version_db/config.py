@@ -32,5 +32,5 @@ class Settings(ServiceSettings):
     )
     api_tokens: dict[Role, list[SecretStr]] = Field(
         default_factory=dict,
-        description='role → bearer tokens (JSON, e.g. {"deployer": ["<token>"]}); none: every API call is refused',
+        description='role → bearer tokens (JSON: {"deployer": ["<token>"]}); none: every API call refused',
     )
