@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from conveyor.testing.services import RabbitEndpoint
 from conveyor_version_db.db import create_engine, migrate
 
 
@@ -27,3 +30,20 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
     await migrate(engine)
     yield engine
     await engine.dispose()
+
+
+@pytest.fixture
+def three_envs(rabbit: RabbitEndpoint, amqp_url: str) -> Iterator[dict[str, str]]:
+    """dev, qa and prod as three private vhosts (one per test), deleted afterwards."""
+    names = [f"test-{uuid.uuid4().hex[:12]}" for _ in range(2)]
+    with rabbit.admin() as admin:
+        for name in names:
+            admin.put(f"/api/vhosts/{name}").raise_for_status()
+            admin.put(
+                f"/api/permissions/{name}/{quote(rabbit.user, safe='')}",
+                json={"configure": ".*", "write": ".*", "read": ".*"},
+            ).raise_for_status()
+    yield {"dev": amqp_url, "qa": rabbit.url_for(names[0]), "prod": rabbit.url_for(names[1])}
+    with rabbit.admin() as admin:
+        for name in names:
+            admin.delete(f"/api/vhosts/{name}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
@@ -181,18 +181,32 @@ class ServiceRuntime:
         )
 
 
-def create_service_app(runtime: ServiceRuntime) -> FastAPI:
-    """The service's HTTP face: ``GET /healthz`` (503 until ready) and ``GET /metrics``."""
+Hook = Callable[[], Awaitable[None]]
+
+
+def create_service_app(
+    runtime: ServiceRuntime, *, startup: Sequence[Hook] = (), shutdown: Sequence[Hook] = ()
+) -> FastAPI:
+    """The service's HTTP face: ``GET /healthz`` (503 until ready) and ``GET /metrics``.
+
+    ``startup`` hooks (a schema migration, say) run before any consumer starts; if
+    one fails the service does not start. ``shutdown`` hooks run after the
+    consumers have stopped.
+    """
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         log.info("service_starting", version=runtime.version, envs=list(runtime.buses))
+        for hook in startup:
+            await hook()
         await runtime.start()
         try:
             yield
         finally:
             log.info("service_stopping")
             await runtime.stop()
+            for hook in shutdown:
+                await hook()
             log.info("service_stopped")
 
     app = FastAPI(title=f"conveyor-{runtime.name}", version=runtime.version, lifespan=lifespan)

@@ -25,7 +25,16 @@ def create_engine(url: str) -> AsyncEngine:
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
     # MySQL/MariaDB: replace connections the server dropped; keep them under wait_timeout.
-    return create_async_engine(url, pool_pre_ping=True, pool_recycle=1800, pool_size=10, max_overflow=10)
+    # READ COMMITTED: a row another consumer just inserted is visible after losing the
+    # race to insert it (REPEATABLE READ would keep the older snapshot).
+    return create_async_engine(
+        url,
+        pool_pre_ping=True,
+        pool_recycle=1800,
+        pool_size=10,
+        max_overflow=10,
+        isolation_level="READ COMMITTED",
+    )
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _: Any) -> None:
