@@ -8,6 +8,9 @@ from fastapi import FastAPI
 
 from conveyor.runtime import ServiceRuntime, create_service_app
 from conveyor_version_db import __version__, consumers
+from conveyor_version_db.api import api_router
+from conveyor_version_db.artifacts import ArtifactStore, artifacts_router
+from conveyor_version_db.auth import TokenAuth
 from conveyor_version_db.config import Settings
 from conveyor_version_db.db import create_engine, migrate, session_factory
 from conveyor_version_db.service import ensure_environments
@@ -35,4 +38,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = create_service_app(runtime, startup=[prepare_database], shutdown=[engine.dispose])
     app.state.sessions = sessions
+    auth = TokenAuth(settings, sessions)
+    app.include_router(api_router(auth))
+    store = ArtifactStore(settings.artifacts_dir, max_bytes=settings.artifact_max_bytes)
+    app.include_router(
+        artifacts_router(store, write_guard=auth.require("deployer"), read_guard=auth.require("reader"))
+    )
     return app
