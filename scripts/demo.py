@@ -8,7 +8,9 @@ them running until Ctrl-C (``--once`` stops them right after the table).
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -28,6 +30,7 @@ from conveyor.settings import DEFAULT_ENVS
 SERVICES = ("deployer", "version-db", "notifier", "changelog-listener", "firewall-agent")
 LOG_DIR = Path(".demo")
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+DEMO_TOKEN = secrets.token_urlsafe(18)  # a reader token for this demo run only
 console = Console()
 
 
@@ -60,7 +63,15 @@ def ensure_vhosts(management_url: str) -> None:
 
 def start(name: str, port: int) -> Running:
     prefix = f"CONVEYOR_{name.upper().replace('-', '_')}_"
-    env = {**os.environ, f"{prefix}HTTP_PORT": str(port), f"{prefix}NODE": "demo-node-1"}
+    env = {
+        **os.environ,
+        f"{prefix}HTTP_PORT": str(port),
+        f"{prefix}NODE": "demo-node-1",
+        # version-db on the embedded default (SQLite), kept with the demo's logs
+        f"{prefix}DATABASE_URL": f"sqlite+aiosqlite:///{(LOG_DIR / 'version-db.sqlite3').resolve()}",
+        f"{prefix}ARTIFACTS_DIR": str((LOG_DIR / "artifacts").resolve()),
+        f"{prefix}API_TOKENS": json.dumps({"reader": [DEMO_TOKEN]}),
+    }
     log = (LOG_DIR / f"{name}.log").open("wb")
     script = Path(sys.executable).parent / f"conveyor-{name}"
     process = subprocess.Popen(
@@ -148,8 +159,11 @@ def main() -> int:
         if args.once:
             return 0 if healthy else 1
         console.print(
-            "Health at http://127.0.0.1:<port>/healthz, logs in .demo/. "
-            "Try `uv run conveyor bus ping` or `uv run conveyor events tail --env dev`."
+            "Health at http://127.0.0.1:<port>/healthz, logs in .demo/. Try, in another shell:\n"
+            "  uv run conveyor bus ping\n"
+            "  uv run conveyor events tail --env dev\n"
+            f"  CONVEYOR_VERSION_DB_URL=http://127.0.0.1:{args.base_port + 1} CONVEYOR_TOKEN={DEMO_TOKEN} "
+            "uv run conveyor versions"
         )
         console.print("Press Ctrl-C to stop every service.")
         signal.sigwait(_STOP_SIGNALS)

@@ -36,10 +36,10 @@ def free_port() -> int:
 
 @contextmanager
 def running(
-    service: str, url: str, port: int, tmp_path: Path
+    service: str, url: str, port: int, tmp_path: Path, *, extra: dict[str, str] | None = None
 ) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
     """The service as a process; killed at the end if the test did not stop it."""
-    process, log = start(service, url, port, tmp_path)
+    process, log = start(service, url, port, tmp_path, extra=extra)
     try:
         yield process, log
     finally:
@@ -48,9 +48,15 @@ def running(
             process.wait()
 
 
-def start(service: str, url: str, port: int, tmp_path: Path) -> tuple[subprocess.Popen[bytes], Path]:
+def start(
+    service: str, url: str, port: int, tmp_path: Path, *, extra: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], Path]:
     prefix = f"CONVEYOR_{service.upper().replace('-', '_')}_"
     env = {
+        # version-db keeps its database and archives in the test's directory
+        f"{prefix}DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / (service + '.sqlite3')}",
+        f"{prefix}ARTIFACTS_DIR": str(tmp_path / "artifacts"),
+        **(extra or {}),
         "PATH": "/usr/bin:/bin",
         f"{prefix}ENVS": json.dumps({"qa": url}),
         f"{prefix}HTTP_PORT": str(port),

@@ -140,6 +140,11 @@ class CliSettings(BaseSettings):
         description="environment → AMQP URL, in promotion order (JSON)",
     )
     connect_timeout_s: float = Field(default=5.0, gt=0, description="how long to wait for a broker")
+    version_db_url: str = Field(
+        default="http://127.0.0.1:8101",
+        description="the version-db API (conveyor versions, history, diff, audit)",
+    )
+    token: SecretStr | None = Field(default=None, description="bearer token for the version-db API")
 
 
 def _default_node_name() -> str:

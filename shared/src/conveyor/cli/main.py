@@ -237,5 +237,59 @@ def vcs_fsck(path: PackagePath = None) -> None:
     raise typer.Exit(vcs.run_fsck(path))
 
 
+@app.command("versions")
+def versions_command(
+    env: Annotated[str | None, typer.Option("--env", help="Only this environment.")] = None,
+    package: Annotated[str | None, typer.Option("--package", help="Only this package.")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Which version of every package each environment runs (from the version-db)."""
+    from conveyor.cli import records  # noqa: PLC0415
+
+    raise typer.Exit(records.versions(env, package, as_json=as_json))
+
+
+@app.command("history")
+def history_command(
+    package: Annotated[str, typer.Argument(help="The package.")],
+    limit: Annotated[int, typer.Option("--limit", min=1, max=500)] = 50,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """A package's changesets and deployments, newest first."""
+    from conveyor.cli import records  # noqa: PLC0415
+
+    raise typer.Exit(records.history(package, limit, as_json=as_json))
+
+
+@app.command("diff")
+def diff_command(
+    from_env: Annotated[str, typer.Argument(help="e.g. dev")],
+    to_env: Annotated[str, typer.Argument(help="e.g. qa")],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Packages whose versions differ between two environments."""
+    from conveyor.cli import records  # noqa: PLC0415
+
+    raise typer.Exit(records.diff(from_env, to_env, as_json=as_json))
+
+
+@app.command("audit")
+def audit_command(
+    *,
+    actor: Annotated[str | None, typer.Option("--actor")] = None,
+    action: Annotated[str | None, typer.Option("--action", help="e.g. deployment.requested")] = None,
+    env: Annotated[str | None, typer.Option("--env")] = None,
+    since: Annotated[str | None, typer.Option("--since", help="ISO 8601 time")] = None,
+    until: Annotated[str | None, typer.Option("--until", help="ISO 8601 time")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=500)] = 50,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Who did what, newest first."""
+    from conveyor.cli import records  # noqa: PLC0415
+
+    filters = {"actor": actor, "action": action, "env": env, "since": since, "until": until, "limit": limit}
+    raise typer.Exit(records.audit(filters, as_json=as_json))
+
+
 def run() -> None:
     app()
