@@ -157,9 +157,20 @@ Db = Annotated[AsyncSession, Depends(_session)]
 _routes = APIRouter()
 
 
+class Problem(BaseModel):
+    detail: str
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": Problem, "description": "no token, or an unknown one"},
+    403: {"model": Problem, "description": "the token's role may not do this"},
+    404: {"model": Problem, "description": "no such package, deployment or environment"},
+}
+
+
 def api_router(auth: TokenAuth) -> APIRouter:
     """Every route below, for readers and up; sessions come from ``app.state.sessions``."""
-    router = APIRouter(dependencies=[Depends(auth.require("reader"))])
+    router = APIRouter(dependencies=[Depends(auth.require("reader"))], responses=_ERRORS)
     router.include_router(_routes)
     return router
 
