@@ -135,7 +135,10 @@ class Changeset(Base):
 
 class Deployment(Base):
     __tablename__ = "deployments"
-    __table_args__ = (Index("ix_deployments_to_env_requested", "to_env_id", "requested_at"),)
+    __table_args__ = (
+        Index("ix_deployments_to_env_requested", "to_env_id", "requested_at"),
+        Index("ix_deployments_requested_at_id", "requested_at", "id"),  # the newest-first listing
+    )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     package_id: Mapped[int] = mapped_column(ForeignKey("packages.id"))
