@@ -29,7 +29,7 @@ __all__ = ["api_router"]
 
 T = TypeVar("T")
 Limit = Annotated[int, Query(ge=1, le=500)]
-Offset = Annotated[int, Query(ge=0)]
+Offset = Annotated[int, Query(ge=0, le=1_000_000_000)]
 
 
 class MatrixRow(BaseModel):
