@@ -27,7 +27,7 @@ def test_every_read_endpoint_keeps_its_contract(amqp_url: str, tmp_path: Path) -
             if operation.method.upper() != "GET" or operation.path.startswith("/artifacts"):
                 continue
 
-            # Derandomized: CI sees the same requests every run (explore with --hypothesis-seed).
+            # Derandomized: CI sees the same requests every run (flip it locally to explore).
             @settings(
                 max_examples=60,
                 deadline=None,
