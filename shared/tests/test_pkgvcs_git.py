@@ -442,18 +442,35 @@ def test_unchanged_files_older_than_the_index_are_not_hashed_again(
     assert _stat_key(package.index_path) == before
 
 
+def _ctime_ns(path: Path) -> int:
+    return os.lstat(path).st_ctime_ns
+
+
+def _next_ctime_tick(directory: Path, after: int) -> None:
+    """Touch a probe file until the kernel's (coarse) ctime clock has moved past ``after``."""
+    probe = directory / ".probe"
+    deadline = time.monotonic() + 5
+    while True:
+        probe.write_bytes(b"")
+        if _ctime_ns(probe) > after:
+            probe.unlink()
+            return
+        assert time.monotonic() < deadline, "the ctime clock did not move"
+
+
 def test_an_entry_as_new_as_the_index_is_hashed_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The racy rule at its boundary, moving only the index file's mtime: an entry whose mtime
-    equals it is hashed again (and the index rewritten), one a nanosecond older is trusted."""
+    """The racy rule at its boundary, moving only the index file's mtime: an entry whose mtime or
+    ctime is not older than it is hashed again (and the index rewritten); older ones are trusted."""
     hour_ago = time.time_ns() - 3600 * 10**9
     contents = {f"f{i}": b"content %d\n" % i for i in range(5)}
     for name, content in contents.items():
         (tmp_path / name).write_bytes(content)
         os.utime(tmp_path / name, ns=(hour_ago, hour_ago))
-    racy = hour_ago + 10**9
-    os.utime(tmp_path / "f3", ns=(racy, racy))
+    _next_ctime_tick(tmp_path, max(_ctime_ns(tmp_path / name) for name in contents))
+    os.utime(tmp_path / "f3", ns=(hour_ago, hour_ago))  # f3 alone now has the newest ctime
+    racy = _ctime_ns(tmp_path / "f3")
     package = Package.init(tmp_path, "racy")
     package.commit("files", author="test")
     assert package.status().entries() == []
@@ -464,7 +481,7 @@ def test_an_entry_as_new_as_the_index_is_hashed_again(
     assert hashed == []
     assert _stat_key(package.index_path)[1] == racy + 1  # not rewritten
 
-    os.utime(package.index_path, ns=(racy, racy))  # f3's mtime == the index's: racy
+    os.utime(package.index_path, ns=(racy, racy))  # f3's ctime == the index's: racy
     with counting_hashes(monkeypatch, set(contents.values())) as hashed:
         assert package.status().entries() == []
     assert hashed == [b"content 3\n"]

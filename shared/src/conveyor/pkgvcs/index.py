@@ -6,9 +6,11 @@ the sha256 its content had then, plus a copy of the current version's tree so
 unreadable or foreign-format index only costs re-hashing, never correctness.
 
 Racy timestamps: a file changed within the same clock tick as the index was
-written can keep the mtime the index recorded. Entries whose mtime is not
-older than the index file's own mtime are therefore never trusted and are
-hashed again (git's "racy git" rule).
+written can keep the stat the index recorded. Entries whose mtime or ctime
+is not older than the index file's own mtime are therefore never trusted and
+are hashed again (git's "racy git" rule, with ctime too: a tool that writes
+and then sets the mtime back cannot reset the ctime, which the kernel
+stamps with the coarse clock tick of the change).
 """
 
 from __future__ import annotations
@@ -105,6 +107,10 @@ class Index:
     def cached_digest(self, path: bytes, stat: Stat) -> bytes | None:
         """The sha256 digest recorded for ``path`` if its stat is unchanged and not racy."""
         cached = self.stats.get(path)
-        if cached is None or stat[2] >= self.written_ns or cached[:STAT_SIZE] != pack_stat(*stat):
+        if (
+            cached is None
+            or max(stat[2], stat[3]) >= self.written_ns
+            or cached[:STAT_SIZE] != pack_stat(*stat)
+        ):
             return None
         return cached[STAT_SIZE:]

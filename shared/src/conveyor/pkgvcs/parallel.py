@@ -49,7 +49,12 @@ def compare(
     seen: set[bytes] = set()
     for path, stat in files:
         cached = stats.get(path)
-        if cached is not None and stat[2] < written and cached[:STAT_SIZE] == pack_stat(*stat):
+        if (
+            cached is not None
+            and stat[2] < written
+            and stat[3] < written
+            and cached[:STAT_SIZE] == pack_stat(*stat)
+        ):
             digest: bytes | None = cached[STAT_SIZE:]
         else:
             digest = _hash(base, path, stat[0])
