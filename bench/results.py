@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import platform
 import re
 from pathlib import Path
 
-__all__ = ["write_section"]
+__all__ = ["cpu_model", "write_section"]
 
 
 def write_section(path: Path, title: str, section: str) -> None:
@@ -18,3 +19,13 @@ def write_section(path: Path, title: str, section: str) -> None:
         text = text.rstrip("\n") + "\n\n" + section
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text.rstrip("\n") + "\n")
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"

@@ -26,8 +26,8 @@ import statistics
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import version
@@ -42,9 +42,10 @@ from conveyor.bus import DEAD_LETTER_EXCHANGE, Bus, QueueSpec
 from conveyor.contracts import DriftDetected, Envelope
 from conveyor.observability import configure_logging
 from conveyor.settings import BusSettings
+from conveyor.testing.services import RabbitEndpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/, for results.py
-from results import write_section
+from results import cpu_model, write_section
 
 SECTION_TITLE = "## Bus: Conveyor bus vs raw aio-pika"
 TARGET_OVERHEAD = 0.15
@@ -117,23 +118,9 @@ def _user(config: Config) -> str:
     return urlsplit(config.amqp_url).username or "guest"
 
 
-@contextmanager
-def private_vhost(config: Config) -> Iterator[str]:
-    """A fresh vhost with full permissions for the bench user, deleted afterwards whatever happens."""
-    name = f"bench-bus-{uuid.uuid4().hex[:10]}"
-    path = quote(name, safe="")
-    with _admin(config) as admin:
-        admin.put(f"/api/vhosts/{path}").raise_for_status()
-    try:
-        with _admin(config) as admin:
-            admin.put(
-                f"/api/permissions/{path}/{quote(_user(config), safe='')}",
-                json={"configure": ".*", "write": ".*", "read": ".*"},
-            ).raise_for_status()
-        yield name
-    finally:
-        with _admin(config) as admin:
-            admin.delete(f"/api/vhosts/{path}").raise_for_status()
+def private_vhost(config: Config) -> AbstractContextManager[str]:
+    """A fresh vhost for this run, deleted afterwards whatever happens."""
+    return RabbitEndpoint.from_url(config.amqp_url, config.management_url).private_vhost("bench-bus")
 
 
 def vhost_url(config: Config, vhost: str) -> str:
@@ -459,22 +446,12 @@ def machine_facts(config: Config, load_before: tuple[float, float, float]) -> li
         overview = admin.get("/api/overview").json()
     load = ", ".join(f"{value:.2f}" for value in load_before)
     return [
-        f"- CPUs (nproc): {os.cpu_count()}; {_cpu_model()}; load average before the run: {load}",
+        f"- CPUs (nproc): {os.cpu_count()}; {cpu_model()}; load average before the run: {load}",
         f"- Python {platform.python_version()} ({platform.python_implementation()}), {platform.platform()}",
         f"- RabbitMQ {overview.get('rabbitmq_version', '?')} (Erlang {overview.get('erlang_version', '?')}),"
         " on the same machine over loopback",
         f"- aio-pika {version('aio-pika')}, aiormq {version('aiormq')}, pydantic {version('pydantic')}",
     ]
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def results_table(results: list[PhaseResult]) -> list[str]:

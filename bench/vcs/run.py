@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/, for results.py
-from results import write_section
+from results import cpu_model, write_section
 
 SECTION_TITLE = "## VCS: conveyor vcs vs git"
 SEED = 20261126
@@ -549,16 +549,6 @@ def startup_floor(conveyor: Conveyor | None, runs: int) -> str:
                 samples[name].append(elapsed)
     medians = ", ".join(f"`{name}` {statistics.median(v):.1f} ms" for name, v in samples.items())
     return f"- Start-up floor (median of {runs}, interleaved): {medians}"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def tree_description(runs: int) -> str:

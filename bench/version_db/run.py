@@ -33,8 +33,8 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from importlib.metadata import version
@@ -51,13 +51,14 @@ from conveyor.bus import Bus
 from conveyor.contracts import DriftDetected
 from conveyor.observability import configure_logging
 from conveyor.settings import BusSettings
+from conveyor.testing.services import RabbitEndpoint
 from conveyor_version_db.app import create_app
 from conveyor_version_db.config import Settings
 from conveyor_version_db.consumers import QUEUE
 from conveyor_version_db.db import create_engine, migrate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/, for results.py
-from results import write_section
+from results import cpu_model, write_section
 
 SECTION_TITLE = "## version-db: ingestion and API"
 SCRIPT = Path(__file__).resolve()
@@ -161,24 +162,9 @@ def _admin(config: Config) -> httpx.Client:
     return httpx.Client(base_url=config.management_url, auth=auth, timeout=30.0)
 
 
-@contextmanager
-def private_vhost(config: Config) -> Iterator[str]:
-    """A fresh vhost with full permissions for the bench user, deleted afterwards whatever happens."""
-    name = f"bench-vdb-{uuid.uuid4().hex[:10]}"
-    path = quote(name, safe="")
-    user = urlsplit(config.amqp_url).username or "guest"
-    with _admin(config) as admin:
-        admin.put(f"/api/vhosts/{path}").raise_for_status()
-    try:
-        with _admin(config) as admin:
-            admin.put(
-                f"/api/permissions/{path}/{quote(user, safe='')}",
-                json={"configure": ".*", "write": ".*", "read": ".*"},
-            ).raise_for_status()
-        yield name
-    finally:
-        with _admin(config) as admin:
-            admin.delete(f"/api/vhosts/{path}").raise_for_status()
+def private_vhost(config: Config) -> AbstractContextManager[str]:
+    """A fresh vhost for this run, deleted afterwards whatever happens."""
+    return RabbitEndpoint.from_url(config.amqp_url, config.management_url).private_vhost("bench-vdb")
 
 
 def vhost_url(config: Config, vhost: str) -> str:
@@ -994,16 +980,6 @@ async def bench(config: Config, vhost: str) -> Outcome:
 # -- reporting ---------------------------------------------------------------------------
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def machine_facts(config: Config, load_before: tuple[float, float, float], db: dict[str, str]) -> list[str]:
     with _admin(config) as admin:
         overview = admin.get("/api/overview").json()
@@ -1013,7 +989,7 @@ def machine_facts(config: Config, load_before: tuple[float, float, float], db: d
         for name in ("sqlalchemy", "asyncmy", "fastapi", "uvicorn", "httpx", "aio-pika")
     )
     return [
-        f"- CPUs (nproc): {os.cpu_count()}; {_cpu_model()}; load average before the run: {load}",
+        f"- CPUs (nproc): {os.cpu_count()}; {cpu_model()}; load average before the run: {load}",
         f"- Python {platform.python_version()} ({platform.python_implementation()}), {platform.platform()}",
         f"- MariaDB {db.get('version', '?')} (innodb_flush_log_at_trx_commit="
         f"{db.get('innodb_flush_log_at_trx_commit', '?')}, "

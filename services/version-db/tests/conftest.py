@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from urllib.parse import quote
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -35,15 +33,5 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
 @pytest.fixture
 def three_envs(rabbit: RabbitEndpoint, amqp_url: str) -> Iterator[dict[str, str]]:
     """dev, qa and prod as three private vhosts (one per test), deleted afterwards."""
-    names = [f"test-{uuid.uuid4().hex[:12]}" for _ in range(2)]
-    with rabbit.admin() as admin:
-        for name in names:
-            admin.put(f"/api/vhosts/{name}").raise_for_status()
-            admin.put(
-                f"/api/permissions/{name}/{quote(rabbit.user, safe='')}",
-                json={"configure": ".*", "write": ".*", "read": ".*"},
-            ).raise_for_status()
-    yield {"dev": amqp_url, "qa": rabbit.url_for(names[0]), "prod": rabbit.url_for(names[1])}
-    with rabbit.admin() as admin:
-        for name in names:
-            admin.delete(f"/api/vhosts/{name}")
+    with rabbit.private_vhost() as qa, rabbit.private_vhost() as prod:
+        yield {"dev": amqp_url, "qa": rabbit.url_for(qa), "prod": rabbit.url_for(prod)}

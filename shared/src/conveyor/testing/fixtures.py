@@ -11,7 +11,6 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
-from urllib.parse import quote
 
 import pytest
 
@@ -68,16 +67,8 @@ def rabbit(_containers: list[Any]) -> RabbitEndpoint:
 @pytest.fixture
 def vhost(rabbit: RabbitEndpoint) -> Iterator[str]:
     """A fresh vhost for this test alone, deleted afterwards with all it holds."""
-    name = f"test-{uuid.uuid4().hex[:12]}"
-    with rabbit.admin() as admin:
-        admin.put(f"/api/vhosts/{quote(name, safe='')}").raise_for_status()
-        admin.put(
-            f"/api/permissions/{quote(name, safe='')}/{quote(rabbit.user, safe='')}",
-            json={"configure": ".*", "write": ".*", "read": ".*"},
-        ).raise_for_status()
-    yield name
-    with rabbit.admin() as admin:
-        admin.delete(f"/api/vhosts/{quote(name, safe='')}")
+    with rabbit.private_vhost() as name:
+        yield name
 
 
 @pytest.fixture

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 import socket
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx
 
@@ -38,7 +41,44 @@ class RabbitEndpoint:
         return urlunsplit(parts._replace(path="/" + vhost))
 
     def admin(self) -> httpx.Client:
-        return httpx.Client(base_url=self.management_url, auth=(self.user, self.password), timeout=10.0)
+        return httpx.Client(base_url=self.management_url, auth=(self.user, self.password), timeout=30.0)
+
+    def create_vhost(self, name: str) -> None:
+        """Create ``name`` (if missing) and give this endpoint's user every permission on it."""
+        path = quote(name, safe="")
+        with self.admin() as admin:
+            admin.put(f"/api/vhosts/{path}").raise_for_status()
+            admin.put(
+                f"/api/permissions/{path}/{quote(self.user, safe='')}",
+                json={"configure": ".*", "write": ".*", "read": ".*"},
+            ).raise_for_status()
+
+    def delete_vhost(self, name: str) -> None:
+        with self.admin() as admin:
+            response = admin.delete(f"/api/vhosts/{quote(name, safe='')}")
+            if response.status_code != 404:
+                response.raise_for_status()
+
+    @contextmanager
+    def private_vhost(self, prefix: str = "test") -> Iterator[str]:
+        """A fresh vhost, deleted afterwards with all it holds, whatever happens."""
+        name = f"{prefix}-{uuid.uuid4().hex[:12]}"
+        self.create_vhost(name)
+        try:
+            yield name
+        finally:
+            self.delete_vhost(name)
+
+    @classmethod
+    def from_url(cls, amqp_url: str, management_url: str | None = None) -> RabbitEndpoint:
+        parts = urlsplit(amqp_url)
+        management = management_url or f"http://{parts.hostname or '127.0.0.1'}:15672"
+        return cls(
+            urlunsplit(parts._replace(path="/")),
+            management,
+            parts.username or "guest",
+            parts.password or "guest",
+        )
 
 
 def reachable(url: str, *, default_port: int, timeout: float = 1.0) -> bool:
@@ -64,12 +104,11 @@ def find_rabbitmq(started: list[Any]) -> RabbitEndpoint:
     """The broker from ``CONVEYOR_TEST_AMQP_URL`` (default: local), else a container."""
     url = os.environ.get("CONVEYOR_TEST_AMQP_URL", DEFAULT_AMQP_URL)
     parts = urlsplit(url)
-    user, password = parts.username or "guest", parts.password or "guest"
     management = os.environ.get(
         "CONVEYOR_TEST_RABBITMQ_MANAGEMENT_URL", f"http://{parts.hostname or '127.0.0.1'}:15672"
     )
     if reachable(url, default_port=5672):
-        return RabbitEndpoint(urlunsplit(parts._replace(path="/")), management, user, password)
+        return RabbitEndpoint.from_url(url, management)
     if _docker_answers():
         from testcontainers.rabbitmq import RabbitMqContainer  # noqa: PLC0415
 
