@@ -2,15 +2,18 @@
 UV ?= uv
 PYTEST_WORKERS ?= auto
 
-.PHONY: setup demo test lint format docs docs-check bench clean
+.PHONY: setup services demo test lint format docs docs-check bench clean
 
 setup:
 	$(UV) sync --frozen
 
-demo: setup
+services:
+	bash scripts/ensure-services.sh
+
+demo: setup services
 	$(UV) run --frozen python scripts/demo.py
 
-test: setup
+test: setup services
 	$(UV) run --frozen pytest -n $(PYTEST_WORKERS) --dist loadfile
 
 lint: setup

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Make sure the services Conveyor's demo and tests use are installed and running:
+# RabbitMQ with its management plugin, and MariaDB. Idempotent; used by
+# `make demo`, `make test` and .ci/run.
+set -euo pipefail
+
+log() { printf '\n==> %s\n' "$*"; }
+
+apt_install() {
+    log "installing $*"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "$@"
+}
+
+wait_for_port() { # host port seconds what
+    local deadline=$((SECONDS + $3))
+    until (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; do
+        if ((SECONDS > deadline)); then
+            echo "error: $4 is not listening on $1:$2 after $3s" >&2
+            return 1
+        fi
+        sleep 1
+    done
+}
+
+# -- RabbitMQ with the management plugin -----------------------------------------
+command -v rabbitmq-server >/dev/null 2>&1 || apt_install rabbitmq-server
+if ! rabbitmqctl -q status >/dev/null 2>&1; then
+    log "starting RabbitMQ"
+    rabbitmq-server -detached
+fi
+rabbitmqctl -q await_startup --timeout 120
+if ! rabbitmq-plugins -q is_enabled rabbitmq_management >/dev/null 2>&1; then
+    log "enabling the RabbitMQ management plugin"
+    rabbitmq-plugins -q enable rabbitmq_management
+fi
+wait_for_port 127.0.0.1 5672 120 "RabbitMQ"
+wait_for_port 127.0.0.1 15672 120 "the RabbitMQ management API"
+
+# -- MariaDB ----------------------------------------------------------------------
+command -v mariadbd >/dev/null 2>&1 || apt_install mariadb-server
+if ! (exec 3<>/dev/tcp/127.0.0.1/3306) 2>/dev/null; then
+    log "starting MariaDB"
+    install -d -o mysql -g mysql /run/mysqld
+    start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd
+fi
+wait_for_port 127.0.0.1 3306 120 "MariaDB"
+
