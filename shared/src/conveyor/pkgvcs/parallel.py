@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from conveyor.pkgvcs.errors import VcsError
-from conveyor.pkgvcs.index import HEAD_SIZE, STAT_SIZE, Index, Stat, pack_mode, pack_stat
+from conveyor.pkgvcs.index import HEAD_SIZE, Index, Stat, pack_mode
 from conveyor.pkgvcs.scan import METADATA_DIR, Ignore, iter_files, read_content
 
 __all__ = ["Differences", "compare", "parallel_compare"]
@@ -41,22 +41,15 @@ def compare(
 ) -> Differences:
     """Compare ``files`` with HEAD; tracked paths not among them are deleted if ``owns``
     says this comparison is responsible for them (None: for every tracked path)."""
-    head, stats, written = index.tree, index.stats, index.written_ns
+    head, cached_digest = index.tree, index.cached_digest  # the stat-cache and racy rules live there
     base = os.fsencode(root)
     added: list[bytes] = []
     modified: list[bytes] = []
     hashed: list[tuple[bytes, Stat, bytes]] = []
     seen: set[bytes] = set()
     for path, stat in files:
-        cached = stats.get(path)
-        if (
-            cached is not None
-            and stat[2] < written
-            and stat[3] < written
-            and cached[:STAT_SIZE] == pack_stat(*stat)
-        ):
-            digest: bytes | None = cached[STAT_SIZE:]
-        else:
+        digest = cached_digest(path, stat)
+        if digest is None:
             digest = _hash(base, path, stat[0])
             if digest is None:
                 continue
