@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 import httpx
 from pydantic import ValidationError
@@ -26,6 +26,7 @@ from rich.table import Table
 
 from conveyor.runtime import Health
 from conveyor.settings import DEFAULT_ENVS
+from conveyor.testing.services import RabbitEndpoint
 
 SERVICES = ("deployer", "version-db", "notifier", "changelog-listener", "firewall-agent")
 LOG_DIR = Path(".demo")
@@ -42,9 +43,8 @@ class Running:
 
 
 def ensure_vhosts(management_url: str) -> None:
-    parts = urlsplit(DEFAULT_ENVS["dev"])
-    auth = (parts.username or "guest", parts.password or "guest")
-    with httpx.Client(base_url=management_url, auth=auth, timeout=5) as admin:
+    rabbit = RabbitEndpoint.from_url(DEFAULT_ENVS["dev"], management_url)
+    with rabbit.admin() as admin:
         try:
             admin.get("/api/overview").raise_for_status()
         except httpx.HTTPError as exc:
@@ -52,13 +52,8 @@ def ensure_vhosts(management_url: str) -> None:
                 f"error: RabbitMQ's management API does not answer at {management_url} ({exc}); "
                 "start RabbitMQ and run `rabbitmq-plugins enable rabbitmq_management`"
             )
-        for url in DEFAULT_ENVS.values():
-            vhost = urlsplit(url).path.lstrip("/")
-            admin.put(f"/api/vhosts/{quote(vhost, safe='')}").raise_for_status()
-            admin.put(
-                f"/api/permissions/{quote(vhost, safe='')}/{quote(auth[0], safe='')}",
-                json={"configure": ".*", "write": ".*", "read": ".*"},
-            ).raise_for_status()
+    for url in DEFAULT_ENVS.values():
+        rabbit.create_vhost(unquote(urlsplit(url).path.lstrip("/")))
 
 
 def start(name: str, port: int) -> Running:
