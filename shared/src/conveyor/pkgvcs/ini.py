@@ -8,6 +8,7 @@ error names the file and line.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import NamedTuple
 
@@ -65,16 +66,13 @@ def _split(line: str, source: str, number: int) -> tuple[str, str]:
     return key.strip(), value.strip()
 
 
+_QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
+
+
 def _closing_quote(line: str) -> int:
-    i = 1
-    while i < len(line):
-        if line[i] == "\\":
-            i += 2
-            continue
-        if line[i] == '"':
-            return i
-        i += 1
-    return -1
+    """Index of the quote closing the one at ``line[0]``, skipping escapes; -1 if there is none."""
+    match = _QUOTED.match(line)
+    return match.end() - 1 if match else -1
 
 
 def quote_text(text: str) -> str:
