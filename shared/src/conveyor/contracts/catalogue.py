@@ -43,6 +43,7 @@ __all__ = [
     "MessageDeadLettered",
     "NodeHeartbeat",
     "NodeOutcome",
+    "PackageChanged",
 ]
 
 Text = Annotated[str, StringConstraints(min_length=1, max_length=2000)]
@@ -111,9 +112,14 @@ class ChangesetApplied(Payload, message_type="changeset.applied"):
     version: VersionId
     previous_version: VersionId | None
     duration_s: Seconds
+    steps: dict[str, Seconds] = Field(
+        default_factory=dict,
+        description="seconds per step: download, verify, stage, switch, restart, health_check",
+    )
 
 
 class ApplyStage(StrEnum):
+    CONFIGURATION = "configuration"
     DOWNLOAD = "download"
     VERIFY = "verify"
     PARENT_MISMATCH = "parent_mismatch"
@@ -136,6 +142,18 @@ class ChangesetFailed(Payload, message_type="changeset.failed"):
     error: Text
     switched_back: bool = Field(description="the node switched back to running_version itself")
     running_version: VersionId | None
+
+
+class PackageChanged(Payload, message_type="package.changed"):
+    """A source package's files differ from its current version (a listener that only reports)."""
+
+    node: NodeName
+    package: PackageName
+    version: VersionId | None = Field(description="the package's current version; None before the first")
+    added: list[FilePath] = Field(default_factory=list, description="at most 1000 paths per list")
+    modified: list[FilePath] = Field(default_factory=list)
+    deleted: list[FilePath] = Field(default_factory=list)
+    total: int = Field(ge=0, description="number of changed files, also those not listed")
 
 
 # -- deployments ---------------------------------------------------------------
@@ -328,6 +346,7 @@ CATALOGUE = Registry(
         ChangesetApply,
         ChangesetApplied,
         ChangesetFailed,
+        PackageChanged,
         DeploymentRequested,
         DeploymentStarted,
         DeploymentNodeSucceeded,

@@ -64,6 +64,14 @@ EXAMPLES: dict[str, Payload] = {
             version="v42",
             previous_version="v41",
             duration_s=4.2,
+            steps={
+                "download": 0.3,
+                "verify": 0.1,
+                "stage": 0.4,
+                "switch": 0.01,
+                "restart": 1.9,
+                "health_check": 1.5,
+            },
         ),
         c.ChangesetFailed(
             deployment_id=_DEPLOYMENT,
@@ -75,6 +83,15 @@ EXAMPLES: dict[str, Payload] = {
             error="GET http://127.0.0.1:8080/health returned 503 three times",
             switched_back=True,
             running_version="v41",
+        ),
+        c.PackageChanged(
+            node="dev-web-1",
+            package="web",
+            version="v41",
+            added=["static/new.css"],
+            modified=["app.py"],
+            deleted=[],
+            total=2,
         ),
         c.DeploymentRequested(
             deployment_id=_DEPLOYMENT,
