@@ -33,6 +33,11 @@ app.add_typer(events_app, name="events")
 app.add_typer(config_app, name="config")
 app.add_typer(contracts_app, name="contracts")
 app.add_typer(vcs_app, name="vcs")
+changeset_app = typer.Typer(
+    help="Changesets: a version's changes as a zip with CHANGELOG.ini; apply them atomically.",
+    no_args_is_help=True,
+)
+app.add_typer(changeset_app, name="changeset")
 
 PackagePath = Annotated[str | None, typer.Option("--path", "-C", help="The package (default: here).")]
 
@@ -235,6 +240,82 @@ def vcs_fsck(path: PackagePath = None) -> None:
     from conveyor.cli import vcs  # noqa: PLC0415
 
     raise typer.Exit(vcs.run_fsck(path))
+
+
+RootOption = Annotated[str, typer.Option("--root", help="The release root (holds current/ and releases/).")]
+KeepOption = Annotated[int, typer.Option("--keep", min=2, help="Releases kept on disk.")]
+
+
+@changeset_app.command("create")
+def changeset_create(
+    package: Annotated[str, typer.Argument(help="The package directory.")] = ".",
+    *,
+    parent: Annotated[
+        str | None, typer.Option("--from", help="Parent version (default: the new version's parent; 'none').")
+    ] = None,
+    version: Annotated[str, typer.Option("--to", help="New version: id, prefix, tag or HEAD.")] = "HEAD",
+    out: Annotated[
+        str | None, typer.Option("--out", help="Directory (default: <package>/.conveyor/changesets).")
+    ] = None,
+    upload: Annotated[bool, typer.Option("--upload", help="Also store it in the artifact store.")] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Zip the changes from one version to another, with CHANGELOG.ini, as <id>.zip."""
+    from conveyor.cli import changeset  # noqa: PLC0415
+
+    raise typer.Exit(
+        changeset.run_create(package, parent=parent, version=version, out=out, upload=upload, as_json=as_json)
+    )
+
+
+@changeset_app.command("show")
+def changeset_show(
+    reference: Annotated[str, typer.Argument(help="An archive file, or a changeset id (or prefix).")],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """The changelog of a changeset as a table."""
+    from conveyor.cli import changeset  # noqa: PLC0415
+
+    raise typer.Exit(changeset.run_show(reference, as_json=as_json))
+
+
+@changeset_app.command("verify")
+def changeset_verify(file: Annotated[str, typer.Argument(help="The archive.")]) -> None:
+    """Check an archive: structure, safety, and every file against CHANGELOG.ini."""
+    from conveyor.cli import changeset  # noqa: PLC0415
+
+    raise typer.Exit(changeset.run_verify(file))
+
+
+@changeset_app.command("apply")
+def changeset_apply(
+    file: Annotated[str, typer.Argument(help="The archive.")],
+    root: RootOption,
+    force: Annotated[
+        bool, typer.Option("--force", help="Apply even if the node does not run the parent version.")
+    ] = False,
+    keep: KeepOption = 5,
+) -> None:
+    """Verify, build the new release beside the current one, switch `current` atomically."""
+    from conveyor.cli import changeset  # noqa: PLC0415
+
+    raise typer.Exit(changeset.run_apply(file, root=root, force=force, keep=keep))
+
+
+@changeset_app.command("rollback")
+def changeset_rollback(root: RootOption, keep: KeepOption = 5) -> None:
+    """Switch back to the previous good release."""
+    from conveyor.cli import changeset  # noqa: PLC0415
+
+    raise typer.Exit(changeset.run_rollback(root=root, keep=keep))
+
+
+@changeset_app.command("releases")
+def changeset_releases(root: RootOption, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """The releases of a release root: history, states, drift of the current one."""
+    from conveyor.cli import changeset  # noqa: PLC0415
+
+    raise typer.Exit(changeset.run_releases(root=root, as_json=as_json))
 
 
 @app.command("versions")
