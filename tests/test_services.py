@@ -56,6 +56,7 @@ def start(
         # version-db keeps its database and archives in the test's directory
         f"{prefix}DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / (service + '.sqlite3')}",
         f"{prefix}ARTIFACTS_DIR": str(tmp_path / "artifacts"),
+        f"{prefix}STATE_DIR": str(tmp_path / "state"),
         **(extra or {}),
         "PATH": "/usr/bin:/bin",
         f"{prefix}ENVS": json.dumps({"qa": url}),

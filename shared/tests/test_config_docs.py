@@ -47,8 +47,11 @@ def different(current: object, name: str) -> str:
     if isinstance(current, dict):
         return '{"reader": ["a-token"]}' if name == "api_tokens" else '{"dev": "amqp://u:p@h/x"}'
     if isinstance(current, list):
+        if name == "packages":
+            return '[{"name": "web", "root": "/srv/web", "role": "target"}]'
         return "[0.5]"
-    return {"log_level": "debug", "log_format": "json", "http_host": "0.0.0.0"}.get(name, "x-1")
+    named = {"log_level": "debug", "log_format": "json", "http_host": "0.0.0.0", "service_manager": "none"}
+    return named.get(name, "x-1")
 
 
 @pytest.mark.parametrize(("readme", "settings_class"), TARGETS, ids=[p.parent.name for p, _ in TARGETS])
