@@ -76,3 +76,12 @@ class EventTap:
             seen = ", ".join(e.type for e in self.seen[-20:]) or "nothing"
             raise AssertionError(f"no {model.message_type} within {timeout}s; seen: {seen}") from None
         return self.of(model, where)[count - 1]
+
+    async def caused_by(self, cause: Envelope[Any], *, timeout: float = 30.0) -> Envelope[Any]:
+        """The first message caused by ``cause`` (a command's reply, say)."""
+        try:
+            async with asyncio.timeout(timeout), self._arrived:
+                await self._arrived.wait_for(lambda: any(e.causation_id == cause.id for e in self.seen))
+        except TimeoutError:
+            raise AssertionError(f"nothing caused by {cause.type} {cause.id} within {timeout}s") from None
+        return next(e for e in self.seen if e.causation_id == cause.id)
