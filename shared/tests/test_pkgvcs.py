@@ -329,3 +329,14 @@ def test_cli_diff_takes_paths_after_a_double_dash(package: Package) -> None:
     everything = vcs("diff", cwd=root)
     assert "app.py" in everything.stdout
     assert "app.ini" in everything.stdout
+
+
+def test_a_commit_stores_many_files_of_the_same_content_at_once(tmp_path: Path) -> None:
+    # Enough new files to be hashed by several threads, all with one content: they must not
+    # trip over each other's temporary object file.
+    for i in range(300):
+        (tmp_path / f"__init__{i}.py").write_bytes(b"")
+    package = Package.init(tmp_path, "same")
+    info = package.commit("many empty files", author="t")
+    assert info.counts["files"] == 300
+    assert not package.status()

@@ -438,7 +438,8 @@ def make_parents(root: bytes, path: bytes, made: set[bytes] | None = None) -> No
         if made is not None and current in made:
             continue
         try:
-            os.mkdir(current, 0o755)
+            os.mkdir(current)
+            os.chmod(current, 0o755)  # noqa: S103 - not what the umask leaves: services read releases
         except FileExistsError:
             if not st.S_ISDIR(os.lstat(current).st_mode):
                 below = os.fsdecode(current[len(root) + 1 :])

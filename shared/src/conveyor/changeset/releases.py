@@ -116,7 +116,7 @@ class ReleaseRoot:
             return []
         complete = {n for n in names if (self.releases / n / ".conveyor" / "HEAD").is_file()}
         order = [e["version"] for e in self.history() if e["version"] in complete]
-        ranked = list(dict.fromkeys(order))
+        ranked = list(dict.fromkeys(reversed(order)))[::-1]  # by each release's last switch
         return [v for v in sorted(complete) if v not in ranked] + ranked
 
     def history(self) -> list[dict[str, Any]]:
@@ -182,6 +182,11 @@ class ReleaseRoot:
             for leftover in [*self.root.glob(".current.*.tmp"), *self.root.glob(".releases.json.*.tmp")]:
                 leftover.unlink(missing_ok=True)
                 removed.append(leftover.name)
+            for leftover in self.root.glob("..lock.*"):  # a lock being taken when its taker died
+                pid = leftover.name.split(".")[3] if leftover.name.count(".") >= 3 else ""
+                if pid.isdigit() and not _alive(int(pid)):
+                    leftover.unlink(missing_ok=True)
+                    removed.append(leftover.name)
             if self.releases.is_dir():
                 for path in self.releases.iterdir():
                     if path.name.startswith((_STAGING, _TRASH)):
@@ -335,6 +340,7 @@ class ReleaseRoot:
         self.releases.mkdir(parents=True, exist_ok=True)
         staging = self.releases / f"{_STAGING}{secrets.token_hex(6)}"
         staging.mkdir()
+        staging.chmod(0o755)  # becomes releases/<version>: readable by the services whatever the umask
         try:
             made: set[bytes] = set()
             archive.extract(staging, made)
@@ -493,3 +499,13 @@ def _link_or_copy(source: bytes, target: bytes) -> None:
         os.link(source, target, follow_symlinks=False)
     except OSError:  # another file system, or hard links not allowed here: copy instead
         shutil.copy2(source, target, follow_symlinks=False)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -77,7 +77,8 @@ class ObjectStore:
         if os.path.exists(target):
             return
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        # Unique per call: threads storing the same content at once must not share a temporary file.
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
         with open(tmp, "wb") as handle:
             handle.write(zlib.compress(data, 1))
         os.replace(tmp, target)
