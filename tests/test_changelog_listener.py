@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlsplit
 from uuid import uuid4
 
 import httpx
@@ -542,6 +543,56 @@ async def test_an_artifact_store_outage_delays_the_apply_but_loses_nothing(world
     assert assert_release_whole(world, node) == head
 
 
+def close_listener_connections(rabbit: RabbitEndpoint, vhost: str) -> int:
+    with rabbit.admin() as admin:
+        connections = admin.get(f"/api/vhosts/{quote(vhost, safe='')}/connections").json()
+        names = [
+            c["name"]
+            for c in connections
+            if c.get("client_properties", {}).get("connection_name", "").startswith("changelog-listener@")
+        ]
+        for name in names:
+            admin.delete(f"/api/connections/{quote(name, safe='')}", headers={"X-Reason": "test: outage"})
+    return len(names)
+
+
+async def test_broker_connections_lost_mid_change_lose_no_event(world: World, rabbit: RabbitEndpoint) -> None:
+    vhost = urlsplit(world.urls["dev"]).path.lstrip("/")
+    async with EventTap(world.urls["dev"], ["changeset.created"]) as tap:
+        write_source(world, {"outage.txt": "written while the broker drops the listener"})
+        closed = 0
+        deadline = time.monotonic() + 2.0  # longer than the quiet period: the announcement falls in it
+        while time.monotonic() < deadline:
+            closed += await asyncio.to_thread(close_listener_connections, rabbit, vhost)
+            await asyncio.sleep(0.05)
+        assert closed >= 2
+        created = await tap.expect(ChangesetCreated, timeout=30)
+    assert created.payload.version == Package(world.source.root).head()
+    assert created.payload.files_added == 1
+
+
+async def test_sigterm_during_an_apply_lets_it_finish(world: World) -> None:
+    node = world.nodes["qa-1"]
+    releases = world.release(node)
+    base = releases.current()
+    assert base is not None
+    write_source(world, {f"bulk/{i:04d}.txt": f"{i}\n" * 200 for i in range(3000)})
+    head = (await ship(world, {"VERSION": "5"})).version
+    changeset = await changeset_between(world, base, head)
+    async with EventTap(world.urls["qa"], ["changeset.*"]) as tap:
+        envelope = await send(world, "qa", apply_command(world, node, changeset, base, head))
+        await _moment(node, "staging", head)
+        assert node.process is not None
+        node.process.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(node.process.wait, 60) == 0
+        assert not list((node.root / "releases").glob(".staging-*"))  # finished, not abandoned
+        reply = await reply_to(tap, envelope)  # sent before the process exited
+        world.start_listener(node)
+    assert isinstance(reply, ChangesetApplied), reply
+    assert assert_release_whole(world, node) == head
+    assert world.serving(node) == "5"
+
+
 async def _moment(node: Node, moment: str, head: str) -> None:
     """Wait for the point of the apply at which to kill the listener."""
     releases = node.root / "releases"
@@ -559,8 +610,6 @@ async def _moment(node: Node, moment: str, head: str) -> None:
 async def test_a_listener_killed_during_an_apply_ends_on_one_whole_release(world: World, moment: str) -> None:
     node = world.nodes["dev-2"]
     releases = world.release(node)
-    if not (world.source.root / "bulk").exists():  # a change big enough to kill mid-way: 3000 files
-        await ship(world, {f"bulk/{i:04d}.txt": f"{i}\n" * 200 for i in range(3000)} | {"VERSION": "5"})
     head = Package(world.source.root).head()
     assert head is not None
     base = next(e["version"] for e in reversed(releases.history()) if e["version"] != head)

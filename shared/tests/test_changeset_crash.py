@@ -60,6 +60,7 @@ releases.apply(Path(archive))
 sys.stdout.write("done\n")
 """
 
+
 def _spec_v1() -> Spec:
     # (every content distinct: pkgvcs cannot yet commit 256+ new files sharing a content)
     files: dict[str, bytes | Exe | Link | None] = {

@@ -37,7 +37,9 @@ class EventTap:
         self._connection: aio_pika.abc.AbstractRobustConnection | None = None
 
     async def __aenter__(self) -> Self:
-        self._connection = await aio_pika.connect_robust(self.url)
+        self._connection = await aio_pika.connect_robust(
+            self.url, client_properties={"connection_name": "conveyor-event-tap"}
+        )
         channel = await self._connection.channel()
         exchange = await channel.declare_exchange(self.exchange, aio_pika.ExchangeType.TOPIC, durable=True)
         queue = await channel.declare_queue(exclusive=True, auto_delete=True)
