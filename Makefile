@@ -37,6 +37,7 @@ docs-check: setup
 bench: setup
 	$(UV) run --frozen python bench/bus/run.py
 	$(UV) run --frozen python bench/cli/run.py
+	$(UV) run --frozen python bench/changeset/run.py
 
 clean:
 	rm -rf .demo .pytest_cache .mypy_cache .ruff_cache
