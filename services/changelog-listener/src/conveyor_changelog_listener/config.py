@@ -101,6 +101,11 @@ class Settings(NodeAgentSettings):
     quiet_period_s: float = Field(
         default=2.0, gt=0, description="source: wait this long without file events before acting"
     )
+    watch_events: bool = Field(
+        default=True,
+        description="source: react to file-system events (off where inotify sees nothing, e.g. NFS: "
+        "the rescan alone finds changes)",
+    )
     rescan_interval_s: float = Field(
         default=60.0, gt=0, description="full rescan (sources: missed events; targets: drift)"
     )

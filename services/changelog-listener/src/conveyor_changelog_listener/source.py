@@ -82,7 +82,8 @@ class Source:
     async def run(self, stop: asyncio.Event) -> None:
         """Scan at start, after each quiet period following file events, and every rescan interval."""
         await asyncio.to_thread(self.open)
-        watcher = asyncio.create_task(self._watch(stop), name=f"watch:{self.name}")
+        watching = self._watch(stop) if self.settings.watch_events else stop.wait()
+        watcher = asyncio.ensure_future(watching)
         try:
             while not stop.is_set():
                 await self.scan_once()
