@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Make sure the services Conveyor's demo and tests use are installed and running:
-# RabbitMQ with its management plugin, and MariaDB. Idempotent; used by
+# RabbitMQ with its management plugin, MariaDB, and the sshd binary. Idempotent; used by
 # `make demo`, `make test` and .ci/run.
 set -euo pipefail
 
@@ -47,3 +47,12 @@ if ! (exec 3<>/dev/tcp/127.0.0.1/3306) 2>/dev/null; then
 fi
 wait_for_port 127.0.0.1 3306 120 "MariaDB"
 
+
+# -- OpenSSH's server (the tests start their own sshd per node; nothing runs on :22) --
+if [ ! -x /usr/sbin/sshd ]; then
+    apt_install openssh-server
+    # Debian's package may start a system sshd where a service manager exists; the tests
+    # need only the binary.
+    pkill -x sshd 2>/dev/null || true
+fi
+install -d -m 0755 /run/sshd

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from conveyor.testing.services import RabbitEndpoint
+from conveyor.testing.services import RabbitEndpoint, free_port
 
 SERVICES = {
     # service: (queue it must declare, binding it must have)
@@ -26,12 +25,6 @@ SERVICES = {
     "changelog-listener": ("listener.node-1.commands", "changeset.apply.node-1"),
     "firewall-agent": ("firewall-agent.node-1.commands", "firewall.*.node-1"),
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextmanager

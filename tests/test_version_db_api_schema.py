@@ -10,7 +10,9 @@ from typing import Any
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-from .test_services import free_port, running, wait_healthy
+from conveyor.testing.services import free_port
+
+from .test_services import running, wait_healthy
 
 TOKEN = "schema-reader-token-0123456789"
 

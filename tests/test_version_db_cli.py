@@ -15,8 +15,9 @@ import httpx
 
 from conveyor.bus import Bus
 from conveyor.contracts import DeploymentRequested, DeploymentSucceeded, Envelope, NodeOutcome
+from conveyor.testing.services import free_port
 
-from .test_services import free_port, running, wait_healthy
+from .test_services import running, wait_healthy
 
 CONVEYOR = str(Path(sys.executable).parent / "conveyor")
 TOKEN = "e2e-reader-token-0123456789"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -14,13 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from conveyor.testing.services import free_port
 from conveyor.testing.supervisor import DUMMY_SERVICE_SOURCE, Supervisor, SupervisorError
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def release(directory: Path, version: str) -> Path:

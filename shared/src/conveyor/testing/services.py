@@ -18,6 +18,7 @@ __all__ = [
     "ServiceMissing",
     "find_mysql",
     "find_rabbitmq",
+    "free_port",
     "reachable",
 ]
 
@@ -142,3 +143,35 @@ def find_mysql(started: list[Any]) -> str:
         "engine answers. Start it (`start-stop-daemon --start --oknodo --background --exec "
         "/usr/sbin/mariadbd`) or set CONVEYOR_TEST_MYSQL_URL."
     )
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as handle:
+            low, high = handle.read().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def free_port() -> int:
+    """A loopback TCP port free now, chosen outside the kernel's ephemeral range.
+
+    A port from ``bind(0)`` comes from the range the kernel also hands to outgoing
+    connections: one of those (a broker client, an HTTP call) can take it before the
+    service that was given it binds it. Ports below the range are never handed out
+    that way, so only another test could take one — and they are drawn at random.
+    """
+    import random  # noqa: PLC0415
+
+    low, _ = _ephemeral_range()
+    candidates = range(10_000, max(low, 10_001))
+    for _ in range(200):
+        port = random.choice(candidates)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free loopback port found below the ephemeral range")
