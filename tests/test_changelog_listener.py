@@ -43,11 +43,12 @@ from conveyor.contracts import (
 from conveyor.contracts.common import CommandAuthorization
 from conveyor.pkgvcs import Package
 from conveyor.settings import BusSettings
-from conveyor.testing.services import RabbitEndpoint
+from conveyor.signing import SigningKey
+from conveyor.testing.services import RabbitEndpoint, free_port
 from conveyor.testing.supervisor import DUMMY_SERVICE_SOURCE, Supervisor
 from conveyor.testing.tap import EventTap
 
-from .test_services import free_port, wait_healthy
+from .test_services import wait_healthy
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -104,7 +105,7 @@ class World:
                 "units": [node.unit],
                 "health_check": {
                     "url": f"http://127.0.0.1:{node.app_port}/healthz",
-                    "timeout_s": 4,
+                    "timeout_s": 10,
                     "interval_s": 0.1,
                 },
             }
@@ -120,6 +121,7 @@ class World:
             f"{prefix}ARTIFACT_STORE_URL": self.store_url,
             f"{prefix}ARTIFACT_STORE_TOKEN": DEPLOYER_TOKEN if node.name == SOURCE else READER_TOKEN,
             f"{prefix}ARTIFACT_RETRY_DELAYS_S": "[0.2, 0.4, 0.8, 1, 1, 1, 1, 1, 1, 1, 1, 1]",
+            f"{prefix}TRUSTED_KEYS_FILE": str(self.tmp / "trusted-keys"),
             f"{prefix}SERVICE_MANAGER": "supervisord",
             f"{prefix}SUPERVISORCTL_CONFIG": str(self.supervisor.config_path),
             f"{prefix}QUIET_PERIOD_S": "0.3",
@@ -202,6 +204,9 @@ def world(rabbit: RabbitEndpoint, tmp_path_factory: pytest.TempPathFactory) -> I
     for name in vhosts.values():
         rabbit.create_vhost(name)
     supervisor = Supervisor(tmp / "supervisor")
+    key = SigningKey.generate()
+    key.save(tmp / "signing.key")
+    (tmp / "trusted-keys").write_text(key.public_key_text() + "\n")
     world = World(
         tmp=tmp,
         urls={env: rabbit.url_for(vhost) for env, vhost in vhosts.items()},
@@ -313,11 +318,16 @@ def apply_command(
     )
 
 
+def sign(world: World, envelope: Envelope[ChangesetApply]) -> Envelope[ChangesetApply]:
+    """As the deployer does: every changeset.apply is signed, and the listeners verify it."""
+    return SigningKey.load(world.tmp / "signing.key").sign(envelope, role="deployer", ttl_s=300)
+
+
 async def send(world: World, env: str, command: ChangesetApply) -> Envelope[ChangesetApply]:
     bus = Bus(env=env, url=world.urls[env], service="deployer", settings=BusSettings())
     await bus.connect()
     try:
-        envelope: Envelope[ChangesetApply] = bus.wrap(command)
+        envelope: Envelope[ChangesetApply] = sign(world, bus.wrap(command))
         await bus.publish(envelope)
         return envelope
     finally:
@@ -427,7 +437,7 @@ async def test_the_same_command_delivered_twice_applies_once(world: World) -> No
         bus = Bus(env="prod", url=world.urls["prod"], service="deployer", settings=BusSettings())
         await bus.connect()
         try:
-            envelope = bus.wrap(command)
+            envelope = sign(world, bus.wrap(command))
             await bus.publish(envelope)
             first = await reply_to(tap, envelope)
             assert isinstance(first, ChangesetApplied)

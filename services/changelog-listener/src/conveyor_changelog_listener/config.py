@@ -83,6 +83,10 @@ class Settings(NodeAgentSettings):
     artifact_store_token: SecretStr | None = Field(
         default=None, description="bearer token: reader on targets, deployer on sources"
     )
+    trusted_keys_file: Path = Field(
+        default=Path("/etc/conveyor/trusted-keys"),
+        description="public keys whose signed changeset.apply commands are accepted (none: all refused)",
+    )
     artifact_retry_delays_s: list[Annotated[float, Field(gt=0)]] = Field(
         default_factory=lambda: [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0],
         description="pauses between attempts while the artifact store is unreachable",

@@ -10,15 +10,17 @@ from datetime import UTC, datetime
 from typing import Any
 
 from conveyor.bus import Bus
+from conveyor.bus.outbox import Outbox
 from conveyor.changeset import ArtifactStore
 from conveyor.contracts import ChangesetApply, ChangesetFailed, Envelope, NodeHeartbeat, Payload
 from conveyor.contracts.catalogue import ApplyStage
 from conveyor.observability import get_logger
+from conveyor.signing import CommandRefused, NonceStore, TrustedKeys, Verifier
 from conveyor_changelog_listener import __version__
 from conveyor_changelog_listener.config import Role, Settings
 from conveyor_changelog_listener.control import unit_control
 from conveyor_changelog_listener.source import Source
-from conveyor_changelog_listener.state import Journal, Marks, Outbox
+from conveyor_changelog_listener.state import Journal, Marks
 from conveyor_changelog_listener.target import Target
 
 __all__ = ["Listener"]
@@ -51,6 +53,16 @@ class Listener:
             for p in settings.packages
             if p.role is Role.SOURCE
         }
+        trusted = TrustedKeys.load(settings.trusted_keys_file, missing_ok=True)
+        if not len(trusted):
+            log.warning("no_trusted_keys", path=str(settings.trusted_keys_file))
+        self.verifier = Verifier(
+            trusted,
+            NonceStore(state / "nonces.log"),
+            node=settings.node,
+            roles={"deployer"},
+            env=settings.env,
+        )
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -168,14 +180,10 @@ class Listener:
                 running_version=target.version() if target else None,
             )
 
-        if command.node != self.settings.node:
-            return refuse(
-                ApplyStage.AUTHORIZATION, f"addressed to {command.node}, this is {self.settings.node}"
-            )
-        if command.authorization.expires_at <= datetime.now(UTC):
-            return refuse(
-                ApplyStage.AUTHORIZATION, f"expired at {command.authorization.expires_at.isoformat()}"
-            )
+        try:
+            self.verifier.verify(envelope, target_node=self.settings.node)
+        except CommandRefused as exc:
+            return refuse(ApplyStage.AUTHORIZATION, f"{exc.reason.value}: {exc.detail}")
         target = self.targets.get(command.package)
         if target is None:
             return refuse(
