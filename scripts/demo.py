@@ -24,7 +24,6 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 from uuid import uuid4
@@ -36,10 +35,10 @@ from rich.table import Table
 
 from conveyor.bus import Bus
 from conveyor.contracts import ChangesetApplied, ChangesetApply, ChangesetCreated, ChangesetFailed
-from conveyor.contracts.common import CommandAuthorization
 from conveyor.observability import configure_logging
 from conveyor.runtime import Health
 from conveyor.settings import DEFAULT_ENVS, BusSettings
+from conveyor.signing import SigningKey, unsigned_authorization
 from conveyor.testing.services import RabbitEndpoint
 from conveyor.testing.tap import EventTap
 
@@ -51,6 +50,7 @@ NODES_DIR = LOG_DIR / "nodes"
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 DEMO_TOKEN = secrets.token_urlsafe(18)  # a reader token for this demo run only
 DEPLOYER_TOKEN = secrets.token_urlsafe(18)  # lets the dev listener store its changesets
+SIGNING_KEY = SigningKey.generate()  # this demo run's deployment server key; the QA listeners trust it
 console = Console()
 
 
@@ -93,6 +93,7 @@ def listener_env(node: str, store_url: str) -> dict[str, str]:
         f"{prefix}STATE_DIR": str((NODES_DIR / node / "state").resolve()),
         f"{prefix}ARTIFACT_STORE_URL": store_url,
         f"{prefix}ARTIFACT_STORE_TOKEN": DEPLOYER_TOKEN if node == SOURCE else DEMO_TOKEN,
+        f"{prefix}TRUSTED_KEYS_FILE": str((NODES_DIR / "trusted-keys").resolve()),
         f"{prefix}SERVICE_MANAGER": "none",  # the demo's package is static files: nothing to restart
         f"{prefix}QUIET_PERIOD_S": "0.5",
         f"{prefix}RESCAN_INTERVAL_S": "5",
@@ -184,6 +185,7 @@ def stop(services: list[Running]) -> None:
             service.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             service.process.kill()
+            service.process.wait()
 
 
 async def send_change(store_url: str, text: str) -> bool:
@@ -212,15 +214,9 @@ async def send_change(store_url: str, text: str) -> bool:
                     parent_version=created.parent_version,
                     version=created.version,
                     archive_url=f"{store_url}/artifacts/{created.changeset_id}",
-                    authorization=CommandAuthorization(
-                        role="deployer",
-                        expires_at=datetime.now(UTC) + timedelta(minutes=5),
-                        nonce=secrets.token_hex(16),
-                        key_id="demo",
-                        signature="unsigned: command signing comes with the deployer",
-                    ),
+                    authorization=unsigned_authorization(),  # signed below
                 )
-                envelope = bus.wrap(command)
+                envelope = SIGNING_KEY.sign(bus.wrap(command), role="deployer", ttl_s=300)
                 await bus.publish(envelope)
                 sent.append(envelope)
         finally:
@@ -265,6 +261,7 @@ def main() -> int:
     LOG_DIR.mkdir(exist_ok=True)
     shutil.rmtree(NODES_DIR, ignore_errors=True)  # every demo starts from an empty package
     (NODES_DIR / SOURCE / "web").mkdir(parents=True)
+    (NODES_DIR / "trusted-keys").write_text(SIGNING_KEY.public_key_text() + "\n")
     store_url = f"http://127.0.0.1:{args.base_port + 1}"
     names = [*SERVICES, *(f"changelog-listener {node}" for node in LISTENERS)]
     services = [
@@ -302,7 +299,9 @@ def main() -> int:
         return 0 if travelled else 1
     finally:
         stop(services)
-        console.print("stopped: " + ", ".join(f"{s.name} ({s.process.returncode})" for s in services))
+        console.print(
+            "stopped: " + ", ".join(f"{s.name} ({s.process.returncode})" for s in services), soft_wrap=True
+        )
 
 
 if __name__ == "__main__":

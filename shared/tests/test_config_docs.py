@@ -45,6 +45,8 @@ def different(current: object, name: str) -> str:
     if isinstance(current, float):
         return str(current + 1.5)
     if isinstance(current, dict):
+        if name == "users":
+            return '{"ada": {"token": "a-token", "role": "deployer"}}'
         return '{"reader": ["a-token"]}' if name == "api_tokens" else '{"dev": "amqp://u:p@h/x"}'
     if isinstance(current, list):
         if name == "packages":

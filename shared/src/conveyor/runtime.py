@@ -185,13 +185,18 @@ Hook = Callable[[], Awaitable[None]]
 
 
 def create_service_app(
-    runtime: ServiceRuntime, *, startup: Sequence[Hook] = (), shutdown: Sequence[Hook] = ()
+    runtime: ServiceRuntime,
+    *,
+    startup: Sequence[Hook] = (),
+    stopping: Sequence[Hook] = (),
+    shutdown: Sequence[Hook] = (),
 ) -> FastAPI:
     """The service's HTTP face: ``GET /healthz`` (503 until ready) and ``GET /metrics``.
 
     ``startup`` hooks (a schema migration, say) run before any consumer starts; if
-    one fails the service does not start. ``shutdown`` hooks run after the
-    consumers have stopped.
+    one fails the service does not start. ``stopping`` hooks run first when the
+    service stops, while the consumers still run (to tell long waits in handlers to
+    give up); ``shutdown`` hooks run after the consumers have stopped.
     """
 
     @contextlib.asynccontextmanager
@@ -204,6 +209,8 @@ def create_service_app(
             yield
         finally:
             log.info("service_stopping")
+            for hook in stopping:
+                await hook()
             await runtime.stop()
             for hook in shutdown:
                 await hook()

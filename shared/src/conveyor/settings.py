@@ -145,6 +145,13 @@ class CliSettings(BaseSettings):
         description="the version-db API (conveyor versions, history, diff, audit)",
     )
     token: SecretStr | None = Field(default=None, description="bearer token for the version-db API")
+    deployer_url: str = Field(
+        default="http://127.0.0.1:8100",
+        description="the deployer API (conveyor promote, approve, promotions, rollback, nodes)",
+    )
+    deployer_token: SecretStr | None = Field(
+        default=None, description="bearer token for the deployer API (default: CONVEYOR_TOKEN)"
+    )
 
 
 def _default_node_name() -> str:

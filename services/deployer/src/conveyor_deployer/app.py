@@ -6,19 +6,43 @@ from functools import partial
 
 from fastapi import FastAPI
 
+from conveyor.bus import Consumer
+from conveyor.observability import get_logger
 from conveyor.runtime import ServiceRuntime, create_service_app
 from conveyor_deployer import __version__, consumers
+from conveyor_deployer.api import api_router, install_error_handlers
 from conveyor_deployer.config import Settings
+from conveyor_deployer.inventory import Inventory, load_inventory
+from conveyor_deployer.service import Deployer
 
 __all__ = ["create_app"]
+
+log = get_logger(__name__)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    if settings.inventory_file.exists():
+        inventory = load_inventory(settings.inventory_file)  # InventoryError: the service does not start
+    else:
+        log.warning("no_inventory", path=str(settings.inventory_file))
+        inventory = Inventory.model_construct(environments=[])
+
+    def register(consumer: Consumer) -> None:  # called once connected, when ``deployer`` exists
+        consumers.handlers(deployer)(consumer)
+
     runtime = ServiceRuntime(
         name=Settings.service_name,
         version=__version__,
         settings=settings,
         queues=partial(consumers.queues, settings),
+        handlers={consumers.QUEUE: register},
     )
-    return create_service_app(runtime)
+    deployer = Deployer(settings, inventory, runtime.buses)
+    app = create_service_app(
+        runtime, startup=[deployer.start], stopping=[deployer.stopping], shutdown=[deployer.stop]
+    )
+    app.state.deployer = deployer
+    app.include_router(api_router(deployer, settings))
+    install_error_handlers(app)
+    return app

@@ -20,12 +20,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import secrets
 import stat as st
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from conveyor.changeset.errors import ChangesetError, HostileArchive
 from conveyor.pkgvcs.errors import CorruptFile, UnknownVersion
@@ -43,6 +45,10 @@ from conveyor.pkgvcs.manifest import (
 )
 from conveyor.pkgvcs.package import Package
 from conveyor.pkgvcs.paths import check_relative, porcelain_quote
+from conveyor.pkgvcs.scan import read_content
+
+if TYPE_CHECKING:
+    from conveyor.changeset.releases import ReleaseRoot
 
 __all__ = [
     "CHANGELOG_NAME",
@@ -50,10 +56,12 @@ __all__ = [
     "Built",
     "ChangesetArchive",
     "Limits",
+    "build_between_releases",
     "build_changeset",
     "changes_between",
     "make_parents",
     "sha256_file",
+    "write_archive",
 ]
 
 CHANGELOG_NAME = "CHANGELOG.ini"
@@ -135,20 +143,63 @@ def build_changeset(
     package: Package, *, parent: str | None, version: str, directory: Path, compresslevel: int = 6
 ) -> Built:
     """Write the changeset taking ``package`` from ``parent`` to ``version`` as ``<directory>/<id>.zip``."""
-    info, changes = changes_between(package, parent, version)
     if parent == version:
         raise ChangesetError(f"--from and --to are the same version {version[:12]}: nothing to ship")
+    info, changes = changes_between(package, parent, version)
+    return write_archive(
+        info,
+        changes,
+        lambda _, entry: package.objects.get(entry.sha256),
+        directory,
+        compresslevel=compresslevel,
+    )
+
+
+def build_between_releases(
+    releases: ReleaseRoot, *, parent: str | None, version: str, directory: Path, compresslevel: int = 6
+) -> Built:
+    """The changeset from ``parent`` to ``version``, both releases kept in ``releases`` (the deployer's
+    mirror of a package): manifests from their ``.conveyor/``, contents from ``version``'s files,
+    each checked against its sha256 as it is read."""
+    if parent == version:
+        raise ChangesetError(f"--from and --to are the same version {version[:12]}: nothing to ship")
+    info, tree = releases.package(version).version(version)
+    before: Tree = releases.package(parent).version(parent)[1] if parent else {}
+    changes = diff_trees(before, tree)
+    info = info._replace(parent=parent, counts={"files": len(tree), **changes.counts()})
+    root = os.fsencode(releases.release_dir(version))
+
+    def content(path: bytes, entry: FileEntry) -> bytes:
+        data = read_content(root, path, entry.mode)
+        if hashlib.sha256(data).hexdigest() != entry.sha256:
+            raise ChangesetError(
+                f"release {version[:12]}: {porcelain_quote(path)} no longer matches its manifest"
+            )
+        return data
+
+    return write_archive(info, changes, content, directory, compresslevel=compresslevel)
+
+
+def write_archive(
+    info: VersionInfo,
+    changes: Changes,
+    content: Callable[[bytes, FileEntry], bytes],
+    directory: Path,
+    *,
+    compresslevel: int = 6,
+) -> Built:
+    """The deterministic archive of ``changes`` (contents from ``content``) as ``<directory>/<id>.zip``."""
     shipped = {**changes.added, **changes.modified}
     names = {path: _entry_name(path) for path in shipped}
     directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / f".{version}.{os.getpid()}.zip.tmp"
+    tmp = directory / f".{info.id}.{os.getpid()}.{secrets.token_hex(4)}.zip.tmp"
     try:
         with zipfile.ZipFile(tmp, "w", compresslevel=compresslevel) as archive:
             changelog = render_changelog(info, changes).encode("ascii")
             archive.writestr(_zip_info(CHANGELOG_NAME, 0o100644, compress=True), changelog)
             for path in sorted(shipped):
                 entry = shipped[path]
-                data = package.objects.get(entry.sha256)
+                data = content(path, entry)
                 zinfo = _zip_info(names[path], _ZIP_MODES[entry.mode], compress=entry.mode != MODE_SYMLINK)
                 archive.writestr(zinfo, data, compresslevel=compresslevel)
         digest = sha256_file(tmp)

@@ -10,6 +10,7 @@ archive's ETag) and is renamed into place only once its sha256 matches.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -136,16 +137,23 @@ async def retrying(
     delays: Sequence[float],
     what: str,
     log: Any = None,
+    stop: asyncio.Event | None = None,
 ) -> T:
     """Run ``attempt()`` until it stops raising :class:`StoreUnavailable`, sleeping each of
-    ``delays`` between tries; re-raises after the last."""
+    ``delays`` between tries; re-raises after the last, or at once when ``stop`` is set."""
     for delay in [*delays, None]:
         try:
             return await attempt()
         except StoreUnavailable as exc:
-            if delay is None:
+            if delay is None or (stop is not None and stop.is_set()):
                 raise
             if log is not None:
                 log.warning("artifact_store_retry", what=what, error=str(exc), retry_in_s=delay)
-            await asyncio.sleep(delay)
+            if stop is None:
+                await asyncio.sleep(delay)
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+                if stop.is_set():
+                    raise
     raise AssertionError("unreachable")

@@ -38,6 +38,17 @@ changeset_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(changeset_app, name="changeset")
+promotions_app = typer.Typer(
+    help="Promotions: list them, show one (live with --watch).", no_args_is_help=True
+)
+app.add_typer(promotions_app, name="promotions")
+nodes_app = typer.Typer(help="The inventory's nodes.", no_args_is_help=True)
+app.add_typer(nodes_app, name="nodes")
+keys_app = typer.Typer(
+    help="The deployment server's Ed25519 key signing privileged commands; nodes' trusted keys.",
+    no_args_is_help=True,
+)
+app.add_typer(keys_app, name="keys")
 
 PackagePath = Annotated[str | None, typer.Option("--path", "-C", help="The package (default: here).")]
 
@@ -316,6 +327,191 @@ def changeset_releases(root: RootOption, as_json: Annotated[bool, typer.Option("
     from conveyor.cli import changeset  # noqa: PLC0415
 
     raise typer.Exit(changeset.run_releases(root=root, as_json=as_json))
+
+
+Watch = Annotated[bool, typer.Option("--watch", help="Follow it live until it ends.")]
+AsJson = Annotated[bool, typer.Option("--json")]
+
+
+@app.command("promote")
+def promote_command(
+    package: Annotated[str, typer.Argument(help="The package.")],
+    to_env: Annotated[str, typer.Option("--to", help="The environment to promote into.")],
+    *,
+    version: Annotated[
+        str | None, typer.Option("--version", help="Default: what the previous environment runs.")
+    ] = None,
+    canary: Annotated[int, typer.Option("--canary", min=0, help="Nodes in the first wave.")] = 1,
+    wave_size: Annotated[str, typer.Option("--wave-size", help="Nodes per wave: 5 or 25%.")] = "25%",
+    max_failures: Annotated[
+        str, typer.Option("--max-failures", help="Failed nodes tolerated: 1 or 10%.")
+    ] = "0",
+    reason: Annotated[str | None, typer.Option("--reason")] = None,
+    watch: Watch = False,
+    as_json: AsJson = False,
+) -> None:
+    """Promote a version into an environment: gates, then waves within a failure budget."""
+    from conveyor.cli import deploy  # noqa: PLC0415
+
+    body = {
+        "package": package,
+        "to_env": to_env,
+        "version": version,
+        "canary": canary,
+        "wave_size": wave_size,
+        "max_failures": max_failures,
+        "reason": reason,
+    }
+    raise typer.Exit(deploy.promote(body, watch=watch, as_json=as_json))
+
+
+@app.command("approve")
+def approve_command(
+    promotion: Annotated[str, typer.Argument(help="The promotion's id.")], watch: Watch = False
+) -> None:
+    """Approve someone else's promotion (into an environment that needs approval)."""
+    from conveyor.cli import deploy  # noqa: PLC0415
+
+    raise typer.Exit(deploy.approve(promotion, watch=watch))
+
+
+@app.command("retry")
+def retry_command(
+    promotion: Annotated[str, typer.Argument(help="The promotion's id.")], watch: Watch = False
+) -> None:
+    """Run a finished promotion's failed and unreachable nodes again."""
+    from conveyor.cli import deploy  # noqa: PLC0415
+
+    raise typer.Exit(deploy.retry(promotion, watch=watch))
+
+
+@app.command("rollback")
+def rollback_command(
+    package: Annotated[str, typer.Argument(help="The package.")],
+    env: Annotated[str, typer.Option("--env", help="The environment to roll back.")],
+    *,
+    to_version: Annotated[str | None, typer.Option("--to", help="Default: the last good version.")] = None,
+    reason: Annotated[str | None, typer.Option("--reason")] = None,
+    watch: Watch = False,
+    as_json: AsJson = False,
+) -> None:
+    """Return an environment to its last good version and block the bad one."""
+    from conveyor.cli import deploy  # noqa: PLC0415
+
+    body = {"package": package, "env": env, "to_version": to_version, "reason": reason}
+    raise typer.Exit(deploy.rollback(body, watch=watch, as_json=as_json))
+
+
+@app.command("unblock")
+def unblock_command(
+    package: Annotated[str, typer.Argument(help="The package.")],
+    version: Annotated[str, typer.Argument(help="The blocked version.")],
+    reason: Annotated[str | None, typer.Option("--reason")] = None,
+) -> None:
+    """Let a blocked version be promoted again."""
+    from conveyor.cli import deploy  # noqa: PLC0415
+
+    raise typer.Exit(deploy.unblock(package, version, reason))
+
+
+@app.command("blocked")
+def blocked_command(as_json: AsJson = False) -> None:
+    """Versions no promotion may apply, and why."""
+    from conveyor.cli import deploy  # noqa: PLC0415
+
+    raise typer.Exit(deploy.blocked(as_json=as_json))
+
+
+@promotions_app.command("list")
+def promotions_list(
+    limit: Annotated[int, typer.Option("--limit", min=1, max=500)] = 20, as_json: AsJson = False
+) -> None:
+    """The newest promotions and rollbacks."""
+    from conveyor.cli import deploy  # noqa: PLC0415
+
+    raise typer.Exit(deploy.promotions(as_json=as_json, limit=limit))
+
+
+@promotions_app.command("show")
+def promotions_show(
+    promotion: Annotated[str, typer.Argument(help="The promotion's id.")],
+    watch: Watch = False,
+    as_json: AsJson = False,
+) -> None:
+    """One promotion: a progress bar per wave, a row per node."""
+    from conveyor.cli import deploy  # noqa: PLC0415
+
+    raise typer.Exit(deploy.show(promotion, watch=watch, as_json=as_json))
+
+
+@nodes_app.command("list")
+def nodes_list(
+    env: Annotated[str | None, typer.Option("--env")] = None,
+    label: Annotated[list[str] | None, typer.Option("--label", help="k=v; repeat to narrow.")] = None,
+    as_json: AsJson = False,
+) -> None:
+    """The inventory's nodes and what they run."""
+    from conveyor.cli import deploy  # noqa: PLC0415
+
+    raise typer.Exit(deploy.nodes(env, label or [], as_json=as_json))
+
+
+KeyPath = Annotated[str, typer.Argument(help="The signing key file.")]
+_DEFAULT_KEY = "/etc/conveyor/signing.key"
+
+
+@keys_app.command("init")
+def keys_init(
+    path: KeyPath = _DEFAULT_KEY,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing key.")] = False,
+) -> None:
+    """Create the signing key (0600) and print the public key line nodes must trust."""
+    from conveyor.cli import keys  # noqa: PLC0415
+
+    raise typer.Exit(keys.run_init(path, force=force))
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    path: KeyPath = _DEFAULT_KEY,
+    promote: Annotated[
+        bool, typer.Option("--promote", help="Step 2: make the prepared key the signing key.")
+    ] = False,
+) -> None:
+    """Rotate without breaking nodes: prepare a key, trust it everywhere, promote it, untrust the old."""
+    from conveyor.cli import keys  # noqa: PLC0415
+
+    raise typer.Exit(keys.run_rotate(path, promote=promote))
+
+
+@keys_app.command("show")
+def keys_show(path: KeyPath = _DEFAULT_KEY) -> None:
+    """The signing key's id and public key line."""
+    from conveyor.cli import keys  # noqa: PLC0415
+
+    raise typer.Exit(keys.run_show(path))
+
+
+@keys_app.command("trust")
+def keys_trust(
+    trusted_file: Annotated[str, typer.Argument(help="A node's trusted-keys file.")],
+    key_line: Annotated[str, typer.Argument(help="The public key line `keys show` prints.")],
+) -> None:
+    """Add a public key to a node's trusted keys (restart the node's agents after)."""
+    from conveyor.cli import keys  # noqa: PLC0415
+
+    raise typer.Exit(keys.run_trust(trusted_file, key_line))
+
+
+@keys_app.command("untrust")
+def keys_untrust(
+    trusted_file: Annotated[str, typer.Argument(help="A node's trusted-keys file.")],
+    key_id: Annotated[str, typer.Argument(help="ed25519:<16 hex>")],
+) -> None:
+    """Remove a public key from a node's trusted keys."""
+    from conveyor.cli import keys  # noqa: PLC0415
+
+    raise typer.Exit(keys.run_untrust(trusted_file, key_id))
 
 
 @app.command("versions")

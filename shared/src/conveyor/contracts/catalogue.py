@@ -28,6 +28,7 @@ __all__ = [
     "ChangesetApply",
     "ChangesetCreated",
     "ChangesetFailed",
+    "DeploymentApproved",
     "DeploymentFailed",
     "DeploymentNodeFailed",
     "DeploymentNodeSucceeded",
@@ -44,6 +45,8 @@ __all__ = [
     "NodeHeartbeat",
     "NodeOutcome",
     "PackageChanged",
+    "VersionBlocked",
+    "VersionUnblocked",
 ]
 
 Text = Annotated[str, StringConstraints(min_length=1, max_length=2000)]
@@ -172,6 +175,17 @@ class DeploymentRequested(Payload, message_type="deployment.requested"):
     reason: Text | None = None
 
 
+class DeploymentApproved(Payload, message_type="deployment.approved"):
+    """A second person approved a deployment that needed it (into prod, by default)."""
+
+    deployment_id: UUID
+    package: PackageName
+    version: VersionId
+    to_env: EnvName
+    requested_by: Text
+    approved_by: Text
+
+
 class DeploymentStarted(Payload, message_type="deployment.started"):
     """Gates passed; the deployer is sending the changeset to the nodes in waves."""
 
@@ -235,6 +249,24 @@ class DeploymentFailed(Payload, message_type="deployment.failed"):
     nodes: dict[NodeName, NodeOutcome]
     rolled_back: bool
     duration_s: Seconds
+
+
+class VersionBlocked(Payload, message_type="version.blocked"):
+    """A package version was rolled back (or blocked by hand): no promotion applies it until unblocked."""
+
+    package: PackageName
+    version: VersionId
+    blocked_by: Text
+    reason: Text
+
+
+class VersionUnblocked(Payload, message_type="version.unblocked"):
+    """A blocked version may be promoted again."""
+
+    package: PackageName
+    version: VersionId
+    unblocked_by: Text
+    reason: Text | None = None
 
 
 # -- drift ---------------------------------------------------------------------
@@ -348,11 +380,14 @@ CATALOGUE = Registry(
         ChangesetFailed,
         PackageChanged,
         DeploymentRequested,
+        DeploymentApproved,
         DeploymentStarted,
         DeploymentNodeSucceeded,
         DeploymentNodeFailed,
         DeploymentSucceeded,
         DeploymentFailed,
+        VersionBlocked,
+        VersionUnblocked,
         DriftDetected,
         FirewallDisable,
         FirewallEnable,

@@ -102,6 +102,16 @@ EXAMPLES: dict[str, Payload] = {
             requested_by="ada",
             reason="Release 2026.11.26",
         ),
+        c.DeploymentApproved(
+            deployment_id=_DEPLOYMENT,
+            package="web",
+            version="v42",
+            to_env="prod",
+            requested_by="ada",
+            approved_by="grace",
+        ),
+        c.VersionBlocked(package="web", version="v42", blocked_by="ada", reason="rolled back in qa: 503s"),
+        c.VersionUnblocked(package="web", version="v42", unblocked_by="grace", reason="fixed in config"),
         c.DeploymentStarted(
             deployment_id=_DEPLOYMENT,
             package="web",

@@ -1,0 +1,166 @@
+"""The deployer's HTTP API: promotions, approvals, retries, rollbacks, blocked versions, nodes.
+
+Every route needs ``Authorization: Bearer <token>`` of a configured user; the
+user's name is the actor of what they ask for (an approval must come from
+someone other than the requester).
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+from typing import Annotated, Any
+from uuid import UUID
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from conveyor_deployer.config import Role, Settings
+from conveyor_deployer.promotions import Promotion
+from conveyor_deployer.service import Deployer, Refused
+
+__all__ = ["api_router", "install_error_handlers"]
+
+
+class Caller(BaseModel):
+    name: str
+    role: Role
+
+
+class PromotionRequest(BaseModel):
+    package: str
+    to_env: str
+    version: str | None = None
+    canary: int = Field(default=1, ge=0)
+    wave_size: str = "25%"
+    max_failures: str = "0"
+    reason: str | None = Field(default=None, max_length=2000)
+
+
+class RollbackRequest(BaseModel):
+    package: str
+    env: str
+    to_version: str | None = None
+    reason: str | None = Field(default=None, max_length=2000)
+
+
+class UnblockRequest(BaseModel):
+    reason: str | None = Field(default=None, max_length=2000)
+
+
+def _authenticate(request: Request) -> Caller:
+    settings: Settings = request.app.state.deployer.settings
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise HTTPException(401, "send Authorization: Bearer <token>", headers={"WWW-Authenticate": "Bearer"})
+    for name, user in settings.users.items():
+        if hmac.compare_digest(user.token.get_secret_value().encode(), token.encode()):
+            return Caller(name=name, role=user.role)
+    raise HTTPException(401, "unknown token", headers={"WWW-Authenticate": "Bearer"})
+
+
+def _need(role: Role) -> Callable[[Caller], Caller]:
+    def check(caller: Annotated[Caller, Depends(_authenticate)]) -> Caller:
+        if caller.role.rank < role.rank:
+            raise HTTPException(403, f"{caller.name} is a {caller.role}; this needs {role}")
+        return caller
+
+    return check
+
+
+Reader = Annotated[Caller, Depends(_need(Role.READER))]
+Deploying = Annotated[Caller, Depends(_need(Role.DEPLOYER))]
+
+
+def api_router(deployer: Deployer, settings: Settings) -> APIRouter:
+    router = APIRouter()
+
+    @router.post("/promotions", status_code=201)
+    async def promote(body: PromotionRequest, caller: Deploying) -> Promotion:
+        """Check the gates and start the promotion (or park it for approval)."""
+        return deployer.request(
+            package=body.package,
+            to_env=body.to_env,
+            version=body.version,
+            user=caller.name,
+            canary=body.canary,
+            wave_size=body.wave_size,
+            max_failures=body.max_failures,
+            reason=body.reason,
+        )
+
+    @router.get("/promotions")
+    async def promotions(caller: Reader, limit: int = 50) -> list[Promotion]:
+        del caller
+        return deployer.promotions.all()[: max(1, min(limit, 500))]
+
+    @router.get("/promotions/{promotion_id}")
+    async def promotion(promotion_id: UUID, caller: Reader) -> Promotion:
+        del caller
+        found = deployer.promotions.get(promotion_id)
+        if found is None:
+            raise HTTPException(404, f"no promotion {promotion_id}")
+        return found
+
+    @router.post("/promotions/{promotion_id}/approve")
+    async def approve(promotion_id: UUID, caller: Deploying) -> Promotion:
+        return deployer.approve(promotion_id, caller.name)
+
+    @router.post("/promotions/{promotion_id}/retry")
+    async def retry(promotion_id: UUID, caller: Deploying) -> Promotion:
+        return deployer.retry(promotion_id, caller.name)
+
+    @router.post("/rollbacks", status_code=201)
+    async def rollback(body: RollbackRequest, caller: Deploying) -> Promotion:
+        return deployer.rollback(
+            package=body.package,
+            env=body.env,
+            to_version=body.to_version,
+            user=caller.name,
+            reason=body.reason,
+        )
+
+    @router.get("/blocked")
+    async def blocked(caller: Reader) -> dict[str, dict[str, dict[str, str]]]:
+        del caller
+        return deployer.promotions.blocked()
+
+    @router.post("/blocked/{package}/{version}/unblock")
+    async def unblock(package: str, version: str, body: UnblockRequest, caller: Deploying) -> dict[str, str]:
+        deployer.unblock(package, version, caller.name, body.reason)
+        return {"package": package, "version": version, "state": "unblocked"}
+
+    @router.get("/nodes")
+    async def nodes(caller: Reader, env: str | None = None, label: str | None = None) -> list[dict[str, Any]]:
+        """The inventory's nodes with what they run, as they last reported."""
+        del caller
+        wanted = dict(item.split("=", 1) for item in label.split(",")) if label else {}
+        rows = []
+        for env_name, node in deployer.inventory.all_nodes():
+            if (env and env_name != env) or not node.matches(wanted):
+                continue
+            record = deployer.fleet.nodes.get(node.name)
+            rows.append(
+                {
+                    "env": env_name,
+                    "name": node.name,
+                    "address": node.address,
+                    "ssh": f"{node.ssh_user}@{node.address}:{node.ssh_port}",
+                    "agent": node.agent.value,
+                    "labels": node.labels,
+                    "packages": {p: (record.versions.get(p) if record else None) for p in node.packages},
+                    "last_heartbeat": record.last_heartbeat if record else None,
+                    "alive": deployer.fleet.alive(node.name, settings.heartbeat_stale_s),
+                }
+            )
+        return rows
+
+    return router
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(Refused)
+    async def refused(_: Request, exc: Refused) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=exc.status)

@@ -1,0 +1,230 @@
+"""``conveyor promote | approve | promotions | retry | rollback | unblock | blocked | nodes``: the
+deployer's API, as tables or JSON."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import httpx
+from rich.console import Group
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from conveyor.cli.output import console, error
+from conveyor.settings import CliSettings, load_settings
+
+__all__ = [
+    "approve",
+    "blocked",
+    "nodes",
+    "promote",
+    "promotions",
+    "retry",
+    "rollback",
+    "show",
+    "unblock",
+]
+
+_FINAL = {"succeeded", "failed"}
+_COLOURS = {
+    "succeeded": "green",
+    "failed": "red",
+    "rolled_back": "yellow",
+    "unreachable": "magenta",
+    "applying": "cyan",
+    "pending": "dim",
+    "running": "cyan",
+    "awaiting_approval": "yellow",
+}
+
+
+class ApiError(Exception):
+    pass
+
+
+def _call(method: str, path: str, *, body: Any = None, params: dict[str, Any] | None = None) -> Any:
+    settings = load_settings(CliSettings)
+    secret = settings.deployer_token or settings.token
+    headers = {"Authorization": f"Bearer {secret.get_secret_value()}"} if secret else {}
+    query = {k: v for k, v in (params or {}).items() if v is not None}
+    url = f"{settings.deployer_url.rstrip('/')}{path}"
+    try:
+        response = httpx.request(method, url, json=body, params=query, headers=headers, timeout=30)
+    except httpx.HTTPError as exc:
+        raise ApiError(f"cannot reach the deployer at {settings.deployer_url}: {exc}") from None
+    if response.is_error:
+        try:
+            detail = response.json().get("detail", response.text)
+        except ValueError:
+            detail = response.text[:300]
+        if response.status_code == 401:
+            detail = f"{detail}; set CONVEYOR_DEPLOYER_TOKEN (or CONVEYOR_TOKEN)"
+        raise ApiError(
+            f"{detail if isinstance(detail, str) else json.dumps(detail)} ({response.status_code})"
+        )
+    return response.json()
+
+
+def _colour(state: str) -> str:
+    return f"[{_COLOURS.get(state, 'white')}]{state}[/]"
+
+
+def render(promotion: dict[str, Any]) -> Group:
+    """A progress bar per wave and a row per node."""
+    head = Text.from_markup(
+        f"[bold]{promotion['kind']} {promotion['id']}[/]: {promotion['package']} "
+        f"{promotion['version'][:12]} → {promotion['to_env']}  {_colour(promotion['state'])}"
+        f"  budget {promotion['budget']}, requested by {promotion['requested_by']}"
+        + (f", approved by {promotion['approved_by']}" if promotion.get("approved_by") else "")
+    )
+    waves = Table(box=None, show_header=False)
+    for index, wave in enumerate(promotion["waves"]):
+        runs = [promotion["nodes"][name] for name in wave]
+        done = sum(1 for r in runs if r["state"] not in ("pending", "applying"))
+        label = "canary" if index == 0 and promotion.get("canary") else f"wave {index}"
+        waves.add_row(label, ProgressBar(total=len(runs), completed=done, width=30), f"{done}/{len(runs)}")
+    nodes = Table("node", "wave", "state", "from", "error")
+    for name, run in sorted(promotion["nodes"].items(), key=lambda item: (item[1]["wave"], item[0])):
+        nodes.add_row(
+            name,
+            str(run["wave"]),
+            _colour(run["state"]),
+            (run["from_version"] or "-")[:12],
+            run["error"] or "",
+        )
+    parts: list[Any] = [head, waves, nodes]
+    if promotion.get("outcome"):
+        parts.append(Text(f"outcome: {promotion['outcome']}"))
+    return Group(*parts)
+
+
+def _watch(promotion: dict[str, Any], interval: float = 0.5) -> int:
+    with Live(render(promotion), console=console, refresh_per_second=4) as live:
+        while promotion["state"] not in _FINAL:
+            time.sleep(interval)
+            promotion = _call("GET", f"/promotions/{promotion['id']}")
+            live.update(render(promotion))
+    return 0 if promotion["state"] == "succeeded" else 1
+
+
+def _finish(promotion: dict[str, Any], *, watch: bool, as_json: bool) -> int:
+    if as_json:
+        print(json.dumps(promotion, indent=2))
+        return 0
+    if watch:
+        return _watch(promotion)
+    console.print(render(promotion))
+    return 0
+
+
+def _guard(action: Any) -> int:
+    try:
+        code: int = action()
+    except ApiError as exc:
+        error(str(exc))
+        return 1
+    return code
+
+
+def promote(body: dict[str, Any], *, watch: bool, as_json: bool) -> int:
+    return _guard(lambda: _finish(_call("POST", "/promotions", body=body), watch=watch, as_json=as_json))
+
+
+def approve(promotion_id: str, *, watch: bool) -> int:
+    return _guard(
+        lambda: _finish(_call("POST", f"/promotions/{promotion_id}/approve"), watch=watch, as_json=False)
+    )
+
+
+def retry(promotion_id: str, *, watch: bool) -> int:
+    return _guard(
+        lambda: _finish(_call("POST", f"/promotions/{promotion_id}/retry"), watch=watch, as_json=False)
+    )
+
+
+def show(promotion_id: str, *, watch: bool, as_json: bool) -> int:
+    return _guard(lambda: _finish(_call("GET", f"/promotions/{promotion_id}"), watch=watch, as_json=as_json))
+
+
+def rollback(body: dict[str, Any], *, watch: bool, as_json: bool) -> int:
+    return _guard(lambda: _finish(_call("POST", "/rollbacks", body=body), watch=watch, as_json=as_json))
+
+
+def promotions(*, as_json: bool, limit: int) -> int:
+    def run() -> int:
+        items = _call("GET", "/promotions", params={"limit": limit})
+        if as_json:
+            print(json.dumps(items, indent=2))
+            return 0
+        table = Table("id", "kind", "package", "version", "to", "state", "by", "requested", "failures")
+        for p in items:
+            bad = sum(
+                1 for r in p["nodes"].values() if r["state"] in ("failed", "rolled_back", "unreachable")
+            )
+            table.add_row(
+                p["id"],
+                p["kind"],
+                p["package"],
+                p["version"][:12],
+                p["to_env"],
+                _colour(p["state"]),
+                p["requested_by"],
+                p["requested_at"][:19],
+                f"{bad}/{p['budget']}",
+            )
+        console.print(table)
+        return 0
+
+    return _guard(run)
+
+
+def unblock(package: str, version: str, reason: str | None) -> int:
+    def run() -> int:
+        _call("POST", f"/blocked/{package}/{version}/unblock", body={"reason": reason})
+        console.print(f"{package} {version[:12]} may be promoted again")
+        return 0
+
+    return _guard(run)
+
+
+def blocked(*, as_json: bool) -> int:
+    def run() -> int:
+        data = _call("GET", "/blocked")
+        if as_json:
+            print(json.dumps(data, indent=2))
+            return 0
+        table = Table("package", "version", "by", "at", "reason")
+        for package, versions in sorted(data.items()):
+            for version, why in versions.items():
+                table.add_row(package, version[:12], why["by"], why["at"], why["reason"])
+        console.print(table)
+        return 0
+
+    return _guard(run)
+
+
+def nodes(env: str | None, labels: list[str], *, as_json: bool) -> int:
+    def run() -> int:
+        data = _call("GET", "/nodes", params={"env": env, "label": ",".join(labels) or None})
+        if as_json:
+            print(json.dumps(data, indent=2))
+            return 0
+        table = Table("env", "node", "ssh", "agent", "labels", "packages", "alive")
+        for n in data:
+            table.add_row(
+                n["env"],
+                n["name"],
+                n["ssh"],
+                n["agent"],
+                ",".join(f"{k}={v}" for k, v in n["labels"].items()),
+                ", ".join(f"{p} {(v or '-')[:12]}" for p, v in n["packages"].items()),
+                "[green]yes[/]" if n["alive"] else "[red]no[/]",
+            )
+        console.print(table)
+        return 0
+
+    return _guard(run)
