@@ -14,6 +14,7 @@ from conveyor.contracts import (
     ChangesetApplied,
     ChangesetCreated,
     ChangesetFailed,
+    DeploymentApproved,
     DeploymentFailed,
     DeploymentNodeFailed,
     DeploymentNodeSucceeded,
@@ -28,6 +29,8 @@ from conveyor.contracts import (
     MessageDeadLettered,
     NodeHeartbeat,
     Payload,
+    VersionBlocked,
+    VersionUnblocked,
 )
 from conveyor_version_db.models import (
     AuditEntry,
@@ -402,6 +405,36 @@ async def _dead_lettered(session: AsyncSession, envelope: Envelope[MessageDeadLe
     _audit(session, envelope, target=event.queue, outcome="dead_lettered", **event.model_dump(mode="json"))
 
 
+async def _deployment_approved(session: AsyncSession, envelope: Envelope[DeploymentApproved]) -> None:
+    event = envelope.payload
+    await _deployment(session, str(event.deployment_id), event.package, event.version, event.to_env)
+    _audit(
+        session,
+        envelope,
+        target=f"{event.package}@{event.version}",
+        outcome="approved",
+        deployment_id=str(event.deployment_id),
+        requested_by=event.requested_by,
+        approved_by=event.approved_by,
+    )
+
+
+async def _version_blocked(session: AsyncSession, envelope: Envelope[VersionBlocked]) -> None:
+    event = envelope.payload
+    await _package(session, event.package)
+    _audit(
+        session, envelope, target=f"{event.package}@{event.version}", outcome="blocked", reason=event.reason
+    )
+
+
+async def _version_unblocked(session: AsyncSession, envelope: Envelope[VersionUnblocked]) -> None:
+    event = envelope.payload
+    await _package(session, event.package)
+    _audit(
+        session, envelope, target=f"{event.package}@{event.version}", outcome="unblocked", reason=event.reason
+    )
+
+
 RECORDERS: dict[type[Payload], Recorder] = {
     NodeHeartbeat: _heartbeat,
     ChangesetCreated: _changeset_created,
@@ -413,6 +446,9 @@ RECORDERS: dict[type[Payload], Recorder] = {
     DeploymentNodeFailed: _deployment_node_failed,
     DeploymentSucceeded: _deployment_succeeded,
     DeploymentFailed: _deployment_failed,
+    DeploymentApproved: _deployment_approved,
+    VersionBlocked: _version_blocked,
+    VersionUnblocked: _version_unblocked,
     DriftDetected: _drift,
     FirewallDisabled: _firewall,
     FirewallEnabled: _firewall,
