@@ -145,14 +145,16 @@ async def test_trust_flow(node: SshNode, known_hosts: KnownHosts, pool: SshPool)
 
 async def test_unknown_host_is_refused_without_contacting_it(node: SshNode, pool: SshPool) -> None:
     connections = count(node, "Connection from")  # (the node's readiness probe at start)
-    with pytest.raises(HostKeyUnknown, match=r"node node-1: .*run `conveyor nodes trust node-1`") as caught:
+    with pytest.raises(
+        HostKeyUnknown, match=r"node node-1: .*run `conveyor nodes trust --node node-1`"
+    ) as caught:
         await pool.run(target(node), "echo ok")
     assert caught.value.node == "node-1"
     assert count(node, "Connection from") == connections
     check = await pool.check(target(node))
     assert not check.reachable
     assert check.error is not None
-    assert "conveyor nodes trust node-1" in check.error
+    assert "conveyor nodes trust --node node-1" in check.error
 
 
 async def test_trust_refuses_another_key_unless_replacing(
@@ -231,7 +233,7 @@ async def test_changed_host_key_is_refused_before_anything_runs(
         assert caught.value.node == "node-1"
         assert caught.value.expected_fingerprint == trusted
         assert caught.value.presented_fingerprint == node.host_key_fingerprint != trusted
-        assert "conveyor nodes trust node-1 --replace" in str(caught.value)
+        assert "conveyor nodes trust --node node-1 --replace" in str(caught.value)
 
     assert not marker.exists()
     assert count(node, "Accepted publickey") == logins  # the deployer never even authenticated

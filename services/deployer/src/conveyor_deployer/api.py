@@ -17,8 +17,10 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from conveyor_deployer.config import Role, Settings
+from conveyor_deployer.nodes import TrustRefused
 from conveyor_deployer.promotions import Promotion
 from conveyor_deployer.service import Deployer, Refused
+from conveyor_deployer.ssh import HostKeyChanged, NodeUnreachable
 
 __all__ = ["api_router", "install_error_handlers"]
 
@@ -72,6 +74,12 @@ def _need(role: Role) -> Callable[[Caller], Caller]:
 
 Reader = Annotated[Caller, Depends(_need(Role.READER))]
 Deploying = Annotated[Caller, Depends(_need(Role.DEPLOYER))]
+Admin = Annotated[Caller, Depends(_need(Role.ADMIN))]
+
+
+class TrustRequest(BaseModel):
+    fingerprint: str = Field(description="the SHA256:… fingerprint a person confirmed")
+    replace: bool = Field(default=False, description="replace a different key trusted before")
 
 
 def api_router(deployer: Deployer, settings: Settings) -> APIRouter:
@@ -156,6 +164,31 @@ def api_router(deployer: Deployer, settings: Settings) -> APIRouter:
                 }
             )
         return rows
+
+    @router.get("/nodes/host-keys")
+    async def host_keys(
+        caller: Reader, env: str | None = None, node: str | None = None
+    ) -> list[dict[str, Any]]:
+        """What each node presents against what is trusted: trusted, unknown, changed or unreachable."""
+        del caller
+        return await deployer.nodes.host_keys(env, node)
+
+    @router.post("/nodes/{node}/trust")
+    async def trust(node: str, body: TrustRequest, caller: Admin) -> dict[str, str]:
+        """Trust the host key the node presents, if it has the fingerprint the caller confirmed."""
+        try:
+            trusted = await deployer.nodes.trust(node, body.fingerprint, replace=body.replace)
+        except KeyError as exc:
+            raise HTTPException(404, str(exc.args[0])) from None
+        except (TrustRefused, HostKeyChanged, NodeUnreachable) as exc:
+            raise HTTPException(409, str(exc)) from None
+        return {"node": node, "fingerprint": trusted, "trusted_by": caller.name}
+
+    @router.get("/nodes/check")
+    async def check(caller: Reader, env: str | None = None) -> list[dict[str, Any]]:
+        """Each node over SSH: reachable, latency, OS, kernel, free disk, agents' versions and state."""
+        del caller
+        return await deployer.nodes.check(env)
 
     return router
 

@@ -33,6 +33,7 @@ from conveyor_deployer.config import Settings
 from conveyor_deployer.fleet import Fleet
 from conveyor_deployer.inventory import Inventory
 from conveyor_deployer.mirror import Mirror, MirrorGap
+from conveyor_deployer.nodes import NodeAccess
 from conveyor_deployer.promotions import (
     Kind,
     NodeRun,
@@ -81,6 +82,7 @@ class Deployer:
         self._tasks: dict[UUID, asyncio.Task[None]] = {}
         self._background: list[asyncio.Task[None]] = []
         self._key: SigningKey | None = None
+        self.nodes = NodeAccess(settings, inventory, self._announce)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -102,6 +104,7 @@ class Deployer:
 
     async def stop(self) -> None:
         self._stop.set()
+        await self.nodes.close()
         for task in [*self._tasks.values(), *self._background]:
             task.cancel()
         for task in [*self._tasks.values(), *self._background]:

@@ -72,6 +72,7 @@ __all__ = [
     "SshPool",
     "SshTarget",
     "TransferFailed",
+    "fingerprint",
     "host_pattern",
 ]
 
@@ -118,7 +119,7 @@ class HostKeyUnknown(SshError):
             node,
             f"node {node}: its SSH host key is not trusted yet, so the deployer does not connect to it; "
             "compare its fingerprint with the one on the node's console and run "
-            f"`conveyor nodes trust {node}`",
+            f"`conveyor nodes trust --node {node}`",
         )
 
 
@@ -131,7 +132,7 @@ class HostKeyChanged(SshError):
             f"node {node}: its SSH host key changed (trusted {expected_fingerprint}, presented "
             f"{presented_fingerprint}); nothing was run on it. Either the node was reinstalled or someone "
             "is intercepting the connection: check the fingerprint on the node's console, and only if it "
-            f"matches run `conveyor nodes trust {node} --replace`",
+            f"matches run `conveyor nodes trust --node {node} --replace`",
         )
         self.expected_fingerprint = expected_fingerprint
         self.presented_fingerprint = presented_fingerprint
@@ -213,6 +214,11 @@ def host_pattern(address: str, port: int = DEFAULT_SSH_PORT) -> str:
 class _Entry:
     patterns: str
     key: asyncssh.SSHKey
+
+
+def fingerprint(key: asyncssh.SSHKey) -> str:
+    """``SHA256:…``, as ``ssh-keygen -l`` prints it."""
+    return _fingerprint(key)
 
 
 def _fingerprint(key: asyncssh.SSHKey) -> str:

@@ -28,6 +28,7 @@ from conveyor.contracts import (
     FirewallRejected,
     MessageDeadLettered,
     NodeHeartbeat,
+    NodeHostKeyChanged,
     Payload,
     VersionBlocked,
     VersionUnblocked,
@@ -435,8 +436,22 @@ async def _version_unblocked(session: AsyncSession, envelope: Envelope[VersionUn
     )
 
 
+async def _host_key_changed(session: AsyncSession, envelope: Envelope[NodeHostKeyChanged]) -> None:
+    event = envelope.payload
+    await _node(session, envelope.env, event.node)
+    _audit(
+        session,
+        envelope,
+        target=event.node,
+        outcome="refused",
+        expected=event.expected_fingerprint,
+        presented=event.presented_fingerprint,
+    )
+
+
 RECORDERS: dict[type[Payload], Recorder] = {
     NodeHeartbeat: _heartbeat,
+    NodeHostKeyChanged: _host_key_changed,
     ChangesetCreated: _changeset_created,
     ChangesetApplied: _changeset_applied,
     ChangesetFailed: _changeset_failed,

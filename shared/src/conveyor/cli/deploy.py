@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import httpx
+import typer
 from rich.console import Group
 from rich.live import Live
 from rich.progress_bar import ProgressBar
@@ -20,12 +21,14 @@ from conveyor.settings import CliSettings, load_settings
 __all__ = [
     "approve",
     "blocked",
+    "check",
     "nodes",
     "promote",
     "promotions",
     "retry",
     "rollback",
     "show",
+    "trust",
     "unblock",
 ]
 
@@ -226,5 +229,87 @@ def nodes(env: str | None, labels: list[str], *, as_json: bool) -> int:
             )
         console.print(table)
         return 0
+
+    return _guard(run)
+
+
+def trust(env: str | None, node: str | None, *, yes: bool, replace: bool) -> int:
+    """Show each node's host key fingerprint; trust the ones a person confirms."""
+
+    def run() -> int:
+        rows = _call("GET", "/nodes/host-keys", params={"env": env, "node": node})
+        table = Table("env", "node", "address", "presents", "trusted", "state")
+        for r in rows:
+            table.add_row(
+                r["env"],
+                r["node"],
+                r["address"],
+                r["presented"] or "-",
+                r["trusted"] or "-",
+                _colour(r["state"]),
+            )
+        console.print(table)
+        failed = 0
+        for r in rows:
+            if r["state"] == "trusted":
+                continue
+            if r["state"] == "unreachable":
+                error(f"{r['node']}: {r.get('error', 'unreachable')}")
+                failed += 1
+                continue
+            if r["state"] == "changed" and not replace:
+                error(
+                    f"{r['node']}: its host key CHANGED (trusted {r['trusted']}, presents {r['presented']}); "
+                    "if the node was reinstalled, check the new fingerprint on its console and run again "
+                    "with --replace"
+                )
+                failed += 1
+                continue
+            question = f"Trust {r['node']} ({r['address']}) with key {r['presented']}?"
+            if not yes and not typer.confirm(question, default=False):
+                console.print(f"{r['node']}: not trusted")
+                failed += 1
+                continue
+            done = _call(
+                "POST",
+                f"/nodes/{r['node']}/trust",
+                body={"fingerprint": r["presented"], "replace": r["state"] == "changed"},
+            )
+            console.print(f"{r['node']}: trusted {done['fingerprint']}")
+        return 1 if failed else 0
+
+    return _guard(run)
+
+
+def check(env: str | None, *, as_json: bool) -> int:
+    def run() -> int:
+        rows = _call("GET", "/nodes/check", params={"env": env})
+        if as_json:
+            print(json.dumps(rows, indent=2))
+            return 0
+        table = Table("env", "node", "reachable", "latency", "os", "kernel", "free disk", "agents")
+        for r in rows:
+            if not r["reachable"]:
+                table.add_row(r["env"], r["node"], "[red]no[/]", "-", "-", "-", "-", r["error"] or "")
+                continue
+            free = r["disk_free_bytes"]
+            disk = f"{free / 2**30:.1f} GiB ({r['disk_free_percent']:.0f}%)" if free is not None else "-"
+            agents = ", ".join(
+                f"{name.removeprefix('conveyor-')} {a['version'] or 'not installed'}"
+                + (" [green]running[/]" if a["running"] else " [red]stopped[/]")
+                for name, a in r["agents"].items()
+            )
+            table.add_row(
+                r["env"],
+                r["node"],
+                "[green]yes[/]",
+                f"{r['latency_ms']:.0f} ms",
+                r["os"] or "-",
+                r["kernel"] or "-",
+                disk,
+                agents,
+            )
+        console.print(table)
+        return 0 if all(r["reachable"] for r in rows) else 1
 
     return _guard(run)

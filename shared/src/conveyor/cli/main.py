@@ -456,6 +456,31 @@ def nodes_list(
     raise typer.Exit(deploy.nodes(env, label or [], as_json=as_json))
 
 
+@nodes_app.command("trust")
+def nodes_trust(
+    env: Annotated[str | None, typer.Option("--env")] = None,
+    node: Annotated[str | None, typer.Option("--node")] = None,
+    yes: Annotated[
+        bool, typer.Option("--yes", help="Trust without asking (after reading the table).")
+    ] = False,
+    replace: Annotated[
+        bool, typer.Option("--replace", help="Accept a CHANGED key (a reinstalled node; verify it first).")
+    ] = False,
+) -> None:
+    """Show the nodes' SSH host key fingerprints and record the ones you confirm."""
+    from conveyor.cli import deploy  # noqa: PLC0415
+
+    raise typer.Exit(deploy.trust(env, node, yes=yes, replace=replace))
+
+
+@nodes_app.command("check")
+def nodes_check(env: Annotated[str | None, typer.Option("--env")] = None, as_json: AsJson = False) -> None:
+    """One row per node over SSH: reachable, latency, OS, kernel, free disk, agents."""
+    from conveyor.cli import deploy  # noqa: PLC0415
+
+    raise typer.Exit(deploy.check(env, as_json=as_json))
+
+
 KeyPath = Annotated[str, typer.Argument(help="The signing key file.")]
 _DEFAULT_KEY = "/etc/conveyor/signing.key"
 

@@ -43,6 +43,7 @@ __all__ = [
     "FirewallRejected",
     "MessageDeadLettered",
     "NodeHeartbeat",
+    "NodeHostKeyChanged",
     "NodeOutcome",
     "PackageChanged",
     "VersionBlocked",
@@ -66,6 +67,15 @@ class NodeHeartbeat(Payload, message_type="node.heartbeat"):
     packages: dict[PackageName, VersionId] = Field(
         default_factory=dict, description="package → version the node runs now"
     )
+
+
+class NodeHostKeyChanged(Payload, message_type="node.host_key_changed"):
+    """A node presented an SSH host key other than the one trusted: refused, nothing sent to it."""
+
+    node: NodeName
+    address: Annotated[str, StringConstraints(min_length=1, max_length=255)]
+    expected_fingerprint: Text
+    presented_fingerprint: Text
 
 
 # -- changesets ----------------------------------------------------------------
@@ -374,6 +384,7 @@ class MessageDeadLettered(Payload, message_type="message.dead_lettered"):
 CATALOGUE = Registry(
     [
         NodeHeartbeat,
+        NodeHostKeyChanged,
         ChangesetCreated,
         ChangesetApply,
         ChangesetApplied,

@@ -33,6 +33,12 @@ EXAMPLES: dict[str, Payload] = {
             started_at=_AT - timedelta(hours=3),
             packages={"web": "v42"},
         ),
+        c.NodeHostKeyChanged(
+            node="qa-web-1",
+            address="10.0.2.11",
+            expected_fingerprint="SHA256:3b9Yl1c0bXq8Qw0V1x2y3z4A5B6C7D8E9F0G1H2I3J4",
+            presented_fingerprint="SHA256:Zq1x2c3v4b5n6m7L8K9J0H1G2F3D4S5A6P7O8I9U0Y1",
+        ),
         c.ChangesetCreated(
             changeset_id=_CHANGESET,
             package="web",
