@@ -1,20 +1,19 @@
-"""``make demo``: start Conveyor against the local broker and send a change from dev to QA.
+"""``make demo``: start Conveyor against the local broker and promote a change dev → qa → prod.
 
-Creates the ``dev``, ``qa`` and ``prod`` vhosts if they are missing, starts the
-services (version-db on SQLite) and three changelog listeners — ``dev-web-1``
-watching the source package ``.demo/nodes/dev-web-1/web``, ``qa-web-1`` and
-``qa-web-2`` holding its releases — waits until each reports healthy and
-prints a table. Then it edits the dev package twice; each edit becomes a
-version and a changeset, which the demo (standing in for the deployer's
-promotions) sends to both QA nodes; their replies and the versions version-db
-records are printed. Everything keeps running until Ctrl-C (``--once`` stops
-right after).
+Empties the ``dev``, ``qa`` and ``prod`` vhosts (deleted and created again), starts the
+services (version-db on SQLite, the deployer with a demo inventory and
+signing key) and four changelog listeners — ``dev-web-1`` watching the source
+package ``.demo/nodes/dev-web-1/web``, ``qa-web-1``, ``qa-web-2`` and
+``prod-web-1`` holding its releases — and prints their health. Then: an edit
+on dev becomes a version; ada promotes it to qa, then to prod, which needs a
+second person (ada's own approval is refused, grace approves); a second edit
+goes to qa and is rolled back, which blocks it. Everything keeps running until
+Ctrl-C (``--once`` stops right after).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import secrets
@@ -25,25 +24,26 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
-from uuid import uuid4
 
 import httpx
+import yaml
 from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from conveyor.bus import Bus
-from conveyor.contracts import ChangesetApplied, ChangesetApply, ChangesetCreated, ChangesetFailed
+from conveyor.cli.deploy import render
 from conveyor.observability import configure_logging
+from conveyor.pkgvcs import Package
 from conveyor.runtime import Health
-from conveyor.settings import DEFAULT_ENVS, BusSettings
-from conveyor.signing import SigningKey, unsigned_authorization
+from conveyor.settings import DEFAULT_ENVS
+from conveyor.signing import SigningKey
 from conveyor.testing.services import RabbitEndpoint
-from conveyor.testing.tap import EventTap
 
 SERVICES = ("deployer", "version-db", "notifier", "firewall-agent")
-LISTENERS = {"dev-web-1": "dev", "qa-web-1": "qa", "qa-web-2": "qa"}  # node → env
+LISTENERS = {"dev-web-1": "dev", "qa-web-1": "qa", "qa-web-2": "qa", "prod-web-1": "prod"}  # node → env
+USERS = {name: secrets.token_urlsafe(18) for name in ("ada", "grace")}  # the demo's two engineers
 SOURCE = "dev-web-1"
 LOG_DIR = Path(".demo")
 NODES_DIR = LOG_DIR / "nodes"
@@ -62,7 +62,8 @@ class Running:
     extra: dict[str, str] = field(default_factory=dict)
 
 
-def ensure_vhosts(management_url: str) -> None:
+def reset_vhosts(management_url: str) -> None:
+    """The demo's dev, qa and prod vhosts, emptied: queues left by an earlier run hold its messages."""
     rabbit = RabbitEndpoint.from_url(DEFAULT_ENVS["dev"], management_url)
     with rabbit.admin() as admin:
         try:
@@ -73,7 +74,9 @@ def ensure_vhosts(management_url: str) -> None:
                 "start RabbitMQ and run `rabbitmq-plugins enable rabbitmq_management`"
             )
     for url in DEFAULT_ENVS.values():
-        rabbit.create_vhost(unquote(urlsplit(url).path.lstrip("/")))
+        vhost = unquote(urlsplit(url).path.lstrip("/"))
+        rabbit.delete_vhost(vhost)
+        rabbit.create_vhost(vhost)
 
 
 def listener_env(node: str, store_url: str) -> dict[str, str]:
@@ -113,6 +116,13 @@ def start(name: str, port: int, extra: dict[str, str] | None = None) -> Running:
         f"{prefix}DATABASE_URL": f"sqlite+aiosqlite:///{(LOG_DIR / 'version-db.sqlite3').resolve()}",
         f"{prefix}ARTIFACTS_DIR": str((LOG_DIR / "artifacts").resolve()),
         f"{prefix}API_TOKENS": json.dumps({"reader": [DEMO_TOKEN], "deployer": [DEPLOYER_TOKEN]}),
+        # the deployer: the demo's inventory, its users, its signing key, the artifact store
+        f"{prefix}INVENTORY_FILE": str((LOG_DIR / "inventory.yaml").resolve()),
+        f"{prefix}USERS": json.dumps({n: {"token": t, "role": "deployer"} for n, t in USERS.items()}),
+        f"{prefix}SIGNING_KEY_FILE": str((LOG_DIR / "signing.key").resolve()),
+        f"{prefix}ARTIFACT_STORE_TOKEN": DEPLOYER_TOKEN,
+        f"{prefix}HEARTBEAT_STALE_S": "15",
+        f"{prefix}NODE_TIMEOUT_S": "60",
         **(extra or {}),
     }
     log = (LOG_DIR / f"{name.replace(' ', '-')}.log").open("wb")
@@ -188,64 +198,149 @@ def stop(services: list[Running]) -> None:
             service.process.wait()
 
 
-async def send_change(store_url: str, text: str) -> bool:
-    """Edit the dev package, wait for its changeset, send it to both QA nodes, show the replies."""
-    async with (
-        EventTap(DEFAULT_ENVS["dev"], ["changeset.created"]) as dev,
-        EventTap(DEFAULT_ENVS["qa"], ["changeset.applied", "changeset.failed"]) as qa,
-    ):
-        (NODES_DIR / SOURCE / "web" / "index.html").write_text(text)
-        created = (await dev.expect(ChangesetCreated, timeout=60)).payload
-        console.print(
-            f"dev-web-1 committed [bold]{created.version[:12]}[/] and stored changeset "
-            f"{created.changeset_id[:12]} ({created.archive_size} bytes: {created.files_added} added, "
-            f"{created.files_modified} modified)"
-        )
-        bus = Bus(env="qa", url=DEFAULT_ENVS["qa"], service="deployer", settings=BusSettings())
-        await bus.connect()
-        try:
-            sent = []
-            for node in (n for n, env in LISTENERS.items() if env == "qa"):
-                command = ChangesetApply(
-                    deployment_id=uuid4(),
-                    node=node,
-                    changeset_id=created.changeset_id,
-                    package=created.package,
-                    parent_version=created.parent_version,
-                    version=created.version,
-                    archive_url=f"{store_url}/artifacts/{created.changeset_id}",
-                    authorization=unsigned_authorization(),  # signed below
-                )
-                envelope = SIGNING_KEY.sign(bus.wrap(command), role="deployer", ttl_s=300)
-                await bus.publish(envelope)
-                sent.append(envelope)
-        finally:
-            await bus.close()
-        table = Table("node", "outcome", "version", "steps (ms)")
-        ok = True
-        for envelope in sent:
-            reply = (await qa.caused_by(envelope, timeout=60)).payload
-            if isinstance(reply, ChangesetApplied):
-                steps = ", ".join(f"{k} {v * 1000:.0f}" for k, v in reply.steps.items())
-                table.add_row(reply.node, "[green]applied[/]", reply.version[:12], steps)
-            else:
-                assert isinstance(reply, ChangesetFailed)
-                ok = False
-                table.add_row(reply.node, f"[red]failed at {reply.stage}[/]", reply.version[:12], reply.error)
-        console.print(table)
+INVENTORY = {
+    "environments": [
+        {"name": "dev", "clusters": []},  # the source: versions are made there
+        {
+            "name": "qa",
+            "clusters": [
+                {
+                    "name": "web",
+                    "nodes": [
+                        {
+                            "name": n,
+                            "address": "127.0.0.1",
+                            "labels": {"role": "web"},
+                            "packages": {"web": []},
+                        }
+                        for n in ("qa-web-1", "qa-web-2")
+                    ],
+                }
+            ],
+        },
+        {
+            "name": "prod",
+            "approval": True,
+            "clusters": [
+                {
+                    "name": "web",
+                    "nodes": [{"name": "prod-web-1", "address": "127.0.0.1", "packages": {"web": []}}],
+                }
+            ],
+        },
+    ]
+}
+
+
+class Deployer:
+    """The deployer's API, as the demo's engineers use it."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def call(self, method: str, path: str, user: str, body: object = None) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {USERS[user]}"}
+        return httpx.request(method, f"{self.url}{path}", json=body, headers=headers, timeout=30)
+
+    def ask(self, method: str, path: str, user: str, body: object = None) -> dict[str, Any]:
+        """A request that must succeed; the demo stops, saying why, if it does not."""
+        response = self.call(method, path, user, body)
+        if response.is_error:
+            raise SystemExit(f"error: {method} {path} as {user}: {response.status_code} {response.text}")
+        answer: dict[str, Any] = response.json()
+        return answer
+
+    def final(self, promotion_id: str, timeout: float = 120) -> dict[str, object]:
+        deadline = time.monotonic() + timeout
+        while True:
+            promotion: dict[str, object] = self.call("GET", f"/promotions/{promotion_id}", "ada").json()
+            if promotion["state"] in ("succeeded", "failed") or time.monotonic() > deadline:
+                return promotion
+            time.sleep(0.2)
+
+    def wait_alive(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            rows = self.call("GET", "/nodes", "ada").json()
+            if rows and all(r["alive"] for r in rows):
+                return
+            time.sleep(0.2)
+
+
+def edit(text: str, timeout: float = 60) -> str:
+    """Edit the dev package; the version once the deployer has it."""
+    root = NODES_DIR / SOURCE / "web"
+    (root / "index.html").write_text(text)
+    mirror = LOG_DIR / "state" / "deployer" / "mirror" / "packages" / "web" / "releases"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        head = Package(root).head() if (root / ".conveyor" / "HEAD").exists() else None
+        if head and (mirror / head / ".conveyor" / "HEAD").exists() and not Package(root).status():
+            console.print(f"dev-web-1 committed [bold]{head[:12]}[/] and shipped its changeset")
+            return head
+        time.sleep(0.1)
+    raise SystemExit("error: the change never reached the deployer (see .demo/*.log)")
+
+
+def story(deployer: Deployer) -> bool:
+    """The demo's engineers at work; True if everything went as it should."""
+    ok = True
+    deployer.wait_alive()
+    edit("<h1>hello from dev</h1>\n")
+
+    console.print("\n[bold]ada promotes it to qa[/]: canary first, then the rest")
+    qa = deployer.ask("POST", "/promotions", "ada", {"package": "web", "to_env": "qa", "wave_size": "50%"})
+    qa = deployer.final(str(qa["id"]))
+    console.print(render(qa))
+    ok = ok and qa["state"] == "succeeded"
+
+    console.print("\n[bold]ada promotes it to prod[/], which needs a second person")
+    prod = deployer.ask("POST", "/promotions", "ada", {"package": "web", "to_env": "prod"})
+    console.print(f"promotion {prod['id']} is {prod['state']}")
+    own = deployer.call("POST", f"/promotions/{prod['id']}/approve", "ada")
+    console.print(f"ada approves her own promotion: {own.status_code} {own.json()['detail']}")
+    ok = ok and own.status_code == 403
+    deployer.ask("POST", f"/promotions/{prod['id']}/approve", "grace")
+    prod = deployer.final(str(prod["id"]))
+    console.print(render(prod))
+    ok = ok and prod["state"] == "succeeded"
+
+    console.print("\n[bold]A second change goes to qa, and grace rolls it back[/]")
+    bad = edit("<h1>hello, broken</h1>\n")
+    again = deployer.call(
+        "POST", "/promotions", "ada", {"package": "web", "to_env": "qa", "wave_size": "100%"}
+    )
+    ok = ok and deployer.final(str(again.json()["id"]))["state"] == "succeeded"
+    console.print("qa-web-1 serves: " + served("qa-web-1"))
+    back = deployer.call(
+        "POST", "/rollbacks", "grace", {"package": "web", "env": "qa", "reason": "demo"}
+    ).json()
+    back = deployer.final(str(back["id"]))
+    console.print(render(back))
+    ok = ok and back["state"] == "succeeded"
+    blocked = deployer.ask("GET", "/blocked", "ada")
+    console.print(f"blocked now: web {bad[:12]} ({blocked['web'][bad]['reason']})")
+    refused = deployer.call("POST", "/promotions", "ada", {"package": "web", "to_env": "qa", "version": bad})
+    console.print(f"promoting it again: {refused.status_code} {refused.json()['detail']}")
+    ok = ok and refused.status_code == 409
+    for node in ("qa-web-1", "qa-web-2", "prod-web-1"):
+        console.print(f"{node} serves: {served(node)}")
     return ok
+
+
+def served(node: str) -> str:
+    return (NODES_DIR / node / "web" / "current" / "index.html").read_text().strip()
 
 
 def show_versions(version_db_port: int) -> None:
     response = httpx.get(
         f"http://127.0.0.1:{version_db_port}/nodes",
-        params={"env": "qa"},
         headers={"Authorization": f"Bearer {DEMO_TOKEN}"},
         timeout=10,
     )
-    table = Table("node (version-db)", "web")
+    table = Table("env", "node (version-db)", "web")
     for node in response.json():
-        table.add_row(node["name"], (node["versions"].get("web") or "-")[:12])
+        table.add_row(node["env"], node["name"], (node["versions"].get("web") or "-")[:12])
     console.print(table)
 
 
@@ -257,18 +352,21 @@ def main() -> int:
     args = parser.parse_args()
 
     configure_logging(service="demo", level="warning", fmt="console")  # the demo's own bus: quiet
-    ensure_vhosts(args.management_url)
-    LOG_DIR.mkdir(exist_ok=True)
-    shutil.rmtree(NODES_DIR, ignore_errors=True)  # every demo starts from an empty package
+    reset_vhosts(args.management_url)
+    shutil.rmtree(LOG_DIR, ignore_errors=True)  # every demo starts afresh: empty package, no history
     (NODES_DIR / SOURCE / "web").mkdir(parents=True)
     (NODES_DIR / "trusted-keys").write_text(SIGNING_KEY.public_key_text() + "\n")
+    SIGNING_KEY.save(LOG_DIR / "signing.key")
+    (LOG_DIR / "inventory.yaml").write_text(yaml.safe_dump(INVENTORY))
     store_url = f"http://127.0.0.1:{args.base_port + 1}"
     names = [*SERVICES, *(f"changelog-listener {node}" for node in LISTENERS)]
     services = [
         start(
             name,
             args.base_port + offset,
-            listener_env(name.split(" ")[1], store_url) if " " in name else None,
+            listener_env(name.split(" ")[1], store_url)
+            if " " in name
+            else {"CONVEYOR_DEPLOYER_ARTIFACT_STORE_URL": store_url},
         )
         for offset, name in enumerate(names)
     ]
@@ -276,15 +374,9 @@ def main() -> int:
         healthy = show(services, wait_until_healthy(services, timeout=30))
         if not healthy:
             return 1
-        console.print("\n[bold]A change travels from dev to QA[/] (the demo sends the apply commands)")
-        travelled = asyncio.run(send_change(store_url, "<h1>hello from dev</h1>\n"))
-        travelled = travelled and asyncio.run(send_change(store_url, "<h1>hello again</h1>\n"))
-        time.sleep(0.5)  # version-db records the replies as they come
+        travelled = story(Deployer(f"http://127.0.0.1:{args.base_port}"))
+        time.sleep(0.5)  # version-db records the last replies as they come
         show_versions(args.base_port + 1)
-        console.print(
-            "qa-web-1 serves: "
-            + (NODES_DIR / "qa-web-1" / "web" / "current" / "index.html").read_text().strip()
-        )
         if args.once:
             return 0 if travelled else 1
         console.print(
@@ -292,7 +384,9 @@ def main() -> int:
             "  uv run conveyor events tail --env dev\n"
             f"  echo hi > {NODES_DIR / SOURCE / 'web' / 'new.txt'}   # a new changeset on dev\n"
             f"  uv run conveyor changeset releases --root {NODES_DIR / 'qa-web-1' / 'web'}\n"
-            f"  CONVEYOR_VERSION_DB_URL={store_url} CONVEYOR_TOKEN={DEMO_TOKEN} uv run conveyor versions"
+            f"  CONVEYOR_VERSION_DB_URL={store_url} CONVEYOR_TOKEN={DEMO_TOKEN} uv run conveyor versions\n"
+            f"  CONVEYOR_DEPLOYER_URL=http://127.0.0.1:{args.base_port} "
+            f"CONVEYOR_DEPLOYER_TOKEN={USERS['ada']} uv run conveyor promote web --to qa --watch"
         )
         console.print("Press Ctrl-C to stop every service.")
         signal.sigwait(_STOP_SIGNALS)

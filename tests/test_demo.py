@@ -17,10 +17,11 @@ SERVICES = (
     "changelog-listener dev-web-1",
     "changelog-listener qa-web-1",
     "changelog-listener qa-web-2",
+    "changelog-listener prod-web-1",
 )
 
 
-def test_demo_starts_every_service_healthy_sends_a_change_to_qa_and_stops(
+def test_demo_promotes_a_change_dev_to_qa_to_prod_with_an_approval_and_rolls_one_back(
     rabbit: RabbitEndpoint, tmp_path: Path
 ) -> None:
     result = subprocess.run(
@@ -44,12 +45,16 @@ def test_demo_starts_every_service_healthy_sends_a_change_to_qa_and_stops(
     for service in SERVICES:
         assert f"│ {service}" in result.stdout
     assert result.stdout.count(" ok ") == len(SERVICES)
-    # two edits on dev, each applied on both QA nodes, recorded by version-db, served by qa-web-1
+    out = " ".join(result.stdout.split())
     assert result.stdout.count("dev-web-1 committed") == 2
-    assert result.stdout.count("│ applied │") == 4
-    assert "failed at" not in result.stdout
-    assert "qa-web-1 serves: <h1>hello again</h1>" in result.stdout
+    assert "→ qa succeeded" in out
+    assert "→ prod succeeded budget 0, requested by ada, approved by grace" in out
+    assert "ada approves her own promotion: 403" in out
+    assert "qa-web-1 serves: <h1>hello, broken</h1>" in out  # the second change reached qa
+    assert "promoting it again: 409" in out  # rolled back and blocked
+    for node in ("qa-web-1", "qa-web-2", "prod-web-1"):
+        assert f"{node} serves: <h1>hello from dev</h1>" in out
     release = tmp_path / ".demo" / "nodes" / "qa-web-2" / "web" / "current" / "index.html"
-    assert release.read_text() == "<h1>hello again</h1>\n"
+    assert release.read_text() == "<h1>hello from dev</h1>\n"
     stopped = ", ".join(f"{name} (0)" for name in SERVICES)
-    assert f"stopped: {stopped}" in " ".join(result.stdout.split())
+    assert f"stopped: {stopped}" in out

@@ -142,7 +142,10 @@ class Deployer:
             raise Refused(str(exc.args[0]), status=404) from None
         previous = self.inventory.previous(to_env)
         if version is None:
-            version = self._current_version(previous, package) if previous else self.mirror.head(package)
+            proven = previous is not None and self.inventory.nodes_of(previous, package)
+            version = (
+                self._current_version(previous, package) if previous and proven else self.mirror.head(package)
+            )
             if version is None:
                 raise Refused(f"no version of {package} to promote: name one with --version")
         self._gates(package, version, previous, to_env)
@@ -213,6 +216,8 @@ class Deployer:
         if previous is None:
             return
         nodes = self.inventory.nodes_of(previous, package)
+        if not nodes and previous == self.settings.source_env:
+            return  # straight from where versions are made: the source runs it (and it is mirrored)
         if not nodes:
             raise Refused(f"no node of {previous} runs {package}: nothing has proven {version[:12]}")
         now = datetime.now(UTC)
