@@ -31,7 +31,8 @@ PACKAGE = "web"
 SOURCE = "dev-src"
 READER_TOKEN = "reader-" + secrets.token_hex(8)
 STORE_TOKEN = "store-" + secrets.token_hex(8)
-USERS = {name: f"{name}-{secrets.token_hex(8)}" for name in ("ada", "grace", "viewer")}
+USERS = {name: f"{name}-{secrets.token_hex(8)}" for name in ("ada", "grace", "viewer", "admin")}
+ROLES = {"ada": "deployer", "grace": "deployer", "viewer": "reader", "admin": "admin"}
 
 
 @dataclass
@@ -64,6 +65,7 @@ class Estate:
     deployer_port: int = field(default_factory=free_port)
     version_db: subprocess.Popen[bytes] | None = None
     deployer: subprocess.Popen[bytes] | None = None
+    extra_nodes: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # env → inventory entries
 
     @property
     def store_url(self) -> str:
@@ -120,13 +122,13 @@ class Estate:
                 }
                 for n in self.nodes.values()
                 if n.env == env and n.name != SOURCE
-            ]
+            ] + self.extra_nodes.get(env, [])
             environments.append(
                 {
                     "name": env,
                     "soak_s": 0,
                     "approval": env == "prod",
-                    "clusters": [{"name": "web", "nodes": nodes}],
+                    "clusters": [{"name": "web", "nodes": nodes}] if nodes else [],
                 }
             )
         return {"environments": environments}
@@ -134,8 +136,7 @@ class Estate:
     def start_deployer(self) -> None:
         (self.tmp / "inventory.yaml").write_text(yaml.safe_dump(self.inventory()))
         p = "CONVEYOR_DEPLOYER_"
-        users = {name: {"token": token, "role": "deployer"} for name, token in USERS.items()}
-        users["viewer"]["role"] = "reader"
+        users = {name: {"token": token, "role": ROLES[name]} for name, token in USERS.items()}
         self.deployer = self._spawn(
             "conveyor-deployer",
             {
@@ -150,6 +151,9 @@ class Estate:
                 f"{p}ARTIFACT_STORE_TOKEN": STORE_TOKEN,
                 f"{p}NODE_TIMEOUT_S": "20",
                 f"{p}HEARTBEAT_STALE_S": "3",
+                f"{p}SSH_KEY_FILE": str(self.tmp / "deployer-ssh" / "id_ed25519"),
+                f"{p}KNOWN_HOSTS_FILE": str(self.tmp / "deployer" / "known_hosts"),
+                f"{p}REMOTE_CONVEYOR": str(Path(sys.executable).parent / "conveyor"),
                 f"{p}BUS__RETRY_DELAYS_S": "[0.2, 0.5]",
                 f"{p}BUS__RECONNECT_INTERVAL_S": "0.3",
             },

@@ -75,3 +75,7 @@ class Settings(ServiceSettings):
         default=Path("/var/lib/conveyor/deployer/known_hosts"), description="trusted node host keys"
     )
     ssh_concurrency: int = Field(default=20, ge=1, description="SSH operations at once")
+    remote_conveyor: str = Field(
+        default="/opt/conveyor/venv/bin/conveyor",
+        description="the conveyor command on agentless nodes (runs `conveyor changeset apply` there)",
+    )

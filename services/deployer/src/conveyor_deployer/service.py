@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shlex
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
 from conveyor.bus import Bus
 from conveyor.bus.outbox import Outbox
-from conveyor.changeset import ArtifactStore
+from conveyor.changeset import ArtifactStore, StoreRefused, StoreUnavailable
 from conveyor.contracts import (
     ChangesetApplied,
     ChangesetApply,
@@ -26,12 +27,12 @@ from conveyor.contracts import (
     NodeHeartbeat,
     Payload,
 )
-from conveyor.contracts.catalogue import DeploymentApproved, VersionBlocked, VersionUnblocked
+from conveyor.contracts.catalogue import ApplyStage, DeploymentApproved, VersionBlocked, VersionUnblocked
 from conveyor.observability import get_logger
 from conveyor.signing import SigningKey, unsigned_authorization
 from conveyor_deployer.config import Settings
 from conveyor_deployer.fleet import Fleet
-from conveyor_deployer.inventory import Inventory
+from conveyor_deployer.inventory import AgentKind, Inventory, Node
 from conveyor_deployer.mirror import Mirror, MirrorGap
 from conveyor_deployer.nodes import NodeAccess
 from conveyor_deployer.promotions import (
@@ -44,6 +45,7 @@ from conveyor_deployer.promotions import (
     budget_of,
     plan_waves,
 )
+from conveyor_deployer.ssh import HostKeyChanged, HostKeyUnknown, NodeUnreachable, SshError
 
 __all__ = ["Deployer", "Refused"]
 
@@ -227,7 +229,8 @@ class Deployer:
             if running != version:
                 runs = (running or "nothing")[:12]
                 raise Refused(f"{version[:12]} is not current in {previous}: {node.name} runs {runs}")
-            if not self.fleet.alive(node.name, self.settings.heartbeat_stale_s, now):
+            listening = node.agent is AgentKind.LISTENER  # agentless nodes send no heartbeats
+            if listening and not self.fleet.alive(node.name, self.settings.heartbeat_stale_s, now):
                 raise Refused(f"{node.name} in {previous} has not reported for a while: is it healthy?")
             since = self.fleet.since(node.name, package)
             if since is not None and (now - since).total_seconds() < soak:
@@ -441,6 +444,10 @@ class Deployer:
             await self._await_reply(promotion, run, run.command_id)
             return
         node = run.node
+        _, entry = self.inventory.node(node)
+        if entry.agent is AgentKind.NONE:
+            await self._node_over_ssh(promotion, run, entry)
+            return
         if not self.fleet.alive(node, self.settings.heartbeat_stale_s):
             self._node_done(promotion, run, NodeState.UNREACHABLE, f"{node} has not reported for a while")
             return
@@ -458,6 +465,77 @@ class Deployer:
         run.state, run.sent_at = NodeState.APPLYING, datetime.now(UTC)
         self.promotions.save(promotion)
         await self._await_reply(promotion, run, run.command_id)
+
+    async def _node_over_ssh(self, promotion: Promotion, run: NodeRun, node: Node) -> None:
+        """An agentless node: the archive over SFTP, the same apply code run there over SSH
+        (``conveyor changeset apply``), the units restarted; the same events as a listener's."""
+        root = node.release_roots[promotion.package]
+        try:
+            current = await self.nodes.run(
+                node, ["sh", "-c", f"readlink {shlex.quote(root)}/current || true"]
+            )
+            version = current.strip().rpartition("/")[2] or None
+            run.from_version = version
+            if version == promotion.version:
+                self._node_done(promotion, run, NodeState.SUCCEEDED, None)
+                return
+            changeset = await self.mirror.changeset(promotion.package, version, promotion.version)
+            run.changeset_id, run.state, run.sent_at = changeset, NodeState.APPLYING, datetime.now(UTC)
+            self.promotions.save(promotion)
+            local = await self.store.download(changeset, self.settings.state_dir / "outgoing")
+            remote = f"/tmp/conveyor-{changeset}.zip"  # noqa: S108 - the node's own temporary directory
+            await self.nodes.pool.put(self.nodes.target(node), local, remote)
+            apply = [self.settings.remote_conveyor, "changeset", "apply", remote, "--root", root]
+            result = await self.nodes.pool.run(self.nodes.target(node), apply, check=False, timeout=600)
+            await self.nodes.pool.run(self.nodes.target(node), ["rm", "-f", remote], check=False)
+            if result.exit_status != 0:
+                self._over_ssh_reply(promotion, run, version, f"{result.stderr or result.stdout}".strip())
+                return
+            for unit in node.packages[promotion.package]:
+                await self.nodes.run(node, _restart_command(node, unit))
+        except HostKeyChanged as exc:
+            self._node_done(promotion, run, NodeState.FAILED, f"refused: {exc}")
+            return
+        except (NodeUnreachable, HostKeyUnknown) as exc:
+            self._node_done(promotion, run, NodeState.UNREACHABLE, str(exc))
+            return
+        except (SshError, MirrorGap, StoreUnavailable, StoreRefused) as exc:
+            self._node_done(promotion, run, NodeState.FAILED, str(exc))
+            return
+        self._over_ssh_reply(promotion, run, version, None)
+
+    def _over_ssh_reply(
+        self, promotion: Promotion, run: NodeRun, before: str | None, error: str | None
+    ) -> None:
+        """Record an agentless node's outcome as a listener would report it."""
+        now = datetime.now(UTC)
+        if error is None:
+            self.fleet.applied(run.node, promotion.package, promotion.version, now)
+            payload: Payload = ChangesetApplied(
+                deployment_id=promotion.id,
+                node=run.node,
+                changeset_id=run.changeset_id or "0" * 64,
+                package=promotion.package,
+                version=promotion.version,
+                previous_version=before,
+                duration_s=(now - (run.sent_at or now)).total_seconds(),
+            )
+        else:
+            payload = ChangesetFailed(
+                deployment_id=promotion.id,
+                node=run.node,
+                changeset_id=run.changeset_id or "0" * 64,
+                package=promotion.package,
+                version=promotion.version,
+                stage=ApplyStage.UNPACK,
+                error=error[:2000] or "conveyor changeset apply failed",
+                switched_back=False,
+                running_version=before,
+            )
+        self._announce(promotion.to_env, payload)
+        self._node_done(
+            promotion, run, NodeState.SUCCEEDED if error is None else NodeState.FAILED, error and error[:2000]
+        )
 
     async def _send(
         self, promotion: Promotion, node: str, changeset_id: str, parent: str | None, version: str
@@ -598,3 +676,9 @@ class Deployer:
             state = NodeState.ROLLED_BACK if reply.switched_back else NodeState.FAILED
             self._node_done(promotion, run, state, f"{reply.stage}: {reply.error}")
         self._changed.setdefault(promotion.id, asyncio.Event()).set()
+
+
+def _restart_command(node: Node, unit: str) -> list[str]:
+    if node.service_manager == "supervisord":
+        return ["supervisorctl", "restart", unit]
+    return ["systemctl", "--no-pager", "restart", unit]
