@@ -47,6 +47,10 @@ class RollbackRequest(BaseModel):
     reason: str | None = Field(default=None, max_length=2000)
 
 
+class RejectRequest(BaseModel):
+    reason: str | None = Field(default=None, max_length=2000)
+
+
 class UnblockRequest(BaseModel):
     reason: str | None = Field(default=None, max_length=2000)
 
@@ -116,6 +120,11 @@ def api_router(deployer: Deployer, settings: Settings) -> APIRouter:
     async def approve(promotion_id: UUID, caller: Deploying) -> Promotion:
         return deployer.approve(promotion_id, caller.name)
 
+    @router.post("/promotions/{promotion_id}/reject")
+    async def reject(promotion_id: UUID, body: RejectRequest, caller: Deploying) -> Promotion:
+        """Turn down (or, as its requester, withdraw) a promotion awaiting approval."""
+        return deployer.reject(promotion_id, caller.name, body.reason)
+
     @router.post("/promotions/{promotion_id}/retry")
     async def retry(promotion_id: UUID, caller: Deploying) -> Promotion:
         return deployer.retry(promotion_id, caller.name)
@@ -144,7 +153,10 @@ def api_router(deployer: Deployer, settings: Settings) -> APIRouter:
     async def nodes(caller: Reader, env: str | None = None, label: str | None = None) -> list[dict[str, Any]]:
         """The inventory's nodes with what they run, as they last reported."""
         del caller
-        wanted = dict(item.split("=", 1) for item in label.split(",")) if label else {}
+        pairs = [item.split("=", 1) for item in label.split(",")] if label else []
+        if any(len(pair) != 2 for pair in pairs):
+            raise HTTPException(422, f"label {label!r}: give key=value pairs, separated by commas")
+        wanted: dict[str, str] = dict(pairs)  # pairs of two, checked above
         rows = []
         for env_name, node in deployer.inventory.all_nodes():
             if (env and env_name != env) or not node.matches(wanted):

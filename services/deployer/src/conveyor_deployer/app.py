@@ -12,7 +12,7 @@ from conveyor.runtime import ServiceRuntime, create_service_app
 from conveyor_deployer import __version__, consumers
 from conveyor_deployer.api import api_router, install_error_handlers
 from conveyor_deployer.config import Settings
-from conveyor_deployer.inventory import Inventory, load_inventory
+from conveyor_deployer.inventory import Inventory, InventoryError, load_inventory
 from conveyor_deployer.service import Deployer
 
 __all__ = ["create_app"]
@@ -24,6 +24,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     if settings.inventory_file.exists():
         inventory = load_inventory(settings.inventory_file)  # InventoryError: the service does not start
+        unknown = [name for name in inventory.env_names() if name not in settings.envs]
+        if unknown:
+            raise InventoryError(
+                f"{settings.inventory_file}: environments {', '.join(unknown)} have no broker in ENVS "
+                f"({', '.join(settings.envs)})"
+            )
     else:
         log.warning("no_inventory", path=str(settings.inventory_file))
         inventory = Inventory.model_construct(environments=[])

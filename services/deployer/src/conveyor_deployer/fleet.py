@@ -45,6 +45,9 @@ class Fleet:
         record = self._record(node)
         if version is None:
             return
+        since = record.since.get(package)
+        if since is not None and at < since:
+            return  # an older report (a late reply, a replayed heartbeat) than what is known
         if record.versions.get(package) != version:
             record.versions[package] = version
             record.since[package] = at

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 __all__ = ["AgentKind", "Cluster", "Environment", "Inventory", "InventoryError", "Node", "load_inventory"]
 
 Name = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
+EnvName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")]  # as in the envelope
 PackageName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
 Unit = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9@._:-]{0,254}$")]
 
@@ -69,7 +70,7 @@ class Cluster(_Strict):
 
 
 class Environment(_Strict):
-    name: Name
+    name: EnvName
     soak_s: float = Field(default=0.0, ge=0, description="time a version must run healthy here first")
     approval: bool = Field(default=False, description="promotions into it need a second person")
     clusters: list[Cluster] = Field(default_factory=list)
@@ -160,5 +161,8 @@ def load_inventory(path: Path) -> Inventory:
     try:
         return Inventory.model_validate(data)
     except ValidationError as exc:
-        problems = [f"{path}: {_where(data, tuple(e['loc']))}: {e['msg']}" for e in exc.errors()]
+        problems = []
+        for error in exc.errors():
+            where = _where(data, tuple(error["loc"]))
+            problems.append(f"{path}: {where}: {error['msg']}" if where else f"{path}: {error['msg']}")
         raise InventoryError("\n".join(problems)) from None

@@ -139,9 +139,10 @@ def plan_waves(nodes: list[str], *, canary: int, wave_size: str) -> list[list[st
     ordered = sorted(nodes)
     if not ordered:
         return []
-    size = _count(wave_size, len(ordered), at_least=1)
     if wave_size.endswith("%"):
         size = max(1, math.ceil(len(ordered) * int(wave_size[:-1]) / 100))
+    else:
+        size = max(1, int(wave_size))
     waves = [ordered[:canary]] if canary > 0 else []
     rest = ordered[canary:]
     waves += [rest[i : i + size] for i in range(0, len(rest), size)]
@@ -179,7 +180,7 @@ class PromotionStore:
     # -- blocked versions -------------------------------------------------------------
 
     def blocked(self) -> dict[str, dict[str, dict[str, str]]]:
-        """package → version → {by, reason, at}."""
+        """package → version → {by, reason, at, env}."""
         try:
             data: dict[str, dict[str, dict[str, str]]] = json.loads(self.blocked_path.read_text())
         except FileNotFoundError:
@@ -189,11 +190,12 @@ class PromotionStore:
     def is_blocked(self, package: str, version: str) -> dict[str, str] | None:
         return self.blocked().get(package, {}).get(version)
 
-    def block(self, package: str, version: str, *, by: str, reason: str) -> None:
+    def block(self, package: str, version: str, *, by: str, reason: str, env: str) -> None:
         data = self.blocked()
         data.setdefault(package, {})[version] = {
             "by": by,
             "reason": reason,
+            "env": env,
             "at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         atomic_write(self.blocked_path, json.dumps(data, indent=1).encode())

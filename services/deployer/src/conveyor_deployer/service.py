@@ -11,7 +11,7 @@ from uuid import UUID
 
 from conveyor.bus import Bus
 from conveyor.bus.outbox import Outbox
-from conveyor.changeset import ArtifactStore, StoreRefused, StoreUnavailable
+from conveyor.changeset import ArtifactStore, ChangesetError
 from conveyor.contracts import (
     ChangesetApplied,
     ChangesetApply,
@@ -84,6 +84,7 @@ class Deployer:
         self._tasks: dict[UUID, asyncio.Task[None]] = {}
         self._background: list[asyncio.Task[None]] = []
         self._key: SigningKey | None = None
+        self.started_at = datetime.now(UTC)
         self.nodes = NodeAccess(settings, inventory, self._announce)
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -138,6 +139,7 @@ class Deployer:
         reason: str | None = None,
     ) -> Promotion:
         """Check the gates and start (or park for approval) a promotion."""
+        self._can_sign()
         try:
             env = self.inventory.env(to_env)
         except KeyError as exc:
@@ -186,6 +188,22 @@ class Deployer:
             self._launch(promotion)
         return promotion
 
+    def _alive(self, node: str) -> bool:
+        """Heard from recently — or known, and the deployer itself only just started (the heartbeats
+        queued while it was down are still being read)."""
+        if self.fleet.alive(node, self.settings.heartbeat_stale_s):
+            return True
+        young = (datetime.now(UTC) - self.started_at).total_seconds() < self.settings.heartbeat_stale_s
+        return young and node in self.fleet.nodes
+
+    def _can_sign(self) -> None:
+        if self._key is None:
+            raise Refused(
+                f"no signing key at {self.settings.signing_key_file}: run `conveyor keys init` "
+                "and restart the deployer",
+                status=503,
+            )
+
     def _plan(self, promotion: Promotion) -> Promotion:
         nodes = [n.name for n in self.inventory.nodes_of(promotion.to_env, promotion.package)]
         if not nodes:
@@ -203,7 +221,9 @@ class Deployer:
         versions = {self.fleet.version(n.name, package) for n in self.inventory.nodes_of(env, package)}
         return versions.pop() if len(versions) == 1 else None
 
-    def _gates(self, package: str, version: str, previous: str | None, to_env: str) -> None:
+    def _gates(
+        self, package: str, version: str, previous: str | None, to_env: str, *, skip: UUID | None = None
+    ) -> None:
         blocked = self.promotions.is_blocked(package, version)
         if blocked:
             raise Refused(
@@ -212,11 +232,17 @@ class Deployer:
             )
         if not self.mirror.has(package, version):
             raise Refused(f"{package} {version[:12]} is unknown: no changeset created it", status=404)
-        for other in self.promotions.unfinished():
-            if other.package == package and other.to_env == to_env:
-                raise Refused(f"promotion {other.id} of {package} into {to_env} is still {other.state}")
+        self._none_running(package, to_env, skip=skip)
         if previous is None:
             return
+        self._proven(package, version, previous)
+
+    def _none_running(self, package: str, to_env: str, *, skip: UUID | None = None) -> None:
+        for other in self.promotions.unfinished():
+            if other.package == package and other.to_env == to_env and other.id != skip:
+                raise Refused(f"promotion {other.id} of {package} into {to_env} is still {other.state}")
+
+    def _proven(self, package: str, version: str, previous: str) -> None:
         nodes = self.inventory.nodes_of(previous, package)
         if not nodes and previous == self.settings.source_env:
             return  # straight from where versions are made: the source runs it (and it is mirrored)
@@ -247,6 +273,10 @@ class Deployer:
             raise Refused(
                 f"{user} requested promotion {promotion_id}: a second person must approve it", status=403
             )
+        self._can_sign()
+        self._gates(
+            promotion.package, promotion.version, promotion.from_env, promotion.to_env, skip=promotion.id
+        )
         promotion.approved_by = user
         promotion.state = PromotionState.RUNNING
         self.promotions.save(promotion)
@@ -265,6 +295,17 @@ class Deployer:
         self._launch(promotion)
         return promotion
 
+    def reject(self, promotion_id: UUID, user: str, reason: str | None) -> Promotion:
+        """Turn down a promotion awaiting approval (the requester may withdraw it too)."""
+        promotion = self._get(promotion_id)
+        if promotion.state is not PromotionState.AWAITING_APPROVAL:
+            raise Refused(f"promotion {promotion_id} is {promotion.state}, not awaiting approval")
+        for run in promotion.nodes.values():
+            run.state, run.error = NodeState.FAILED, "not started: the promotion was rejected"
+        why = f"rejected by {user}" + (f": {reason}" if reason else "")
+        self._finish(promotion, PromotionState.FAILED, why, datetime.now(UTC))
+        return promotion
+
     def retry(self, promotion_id: UUID, user: str) -> Promotion:
         """Run the failed and unreachable nodes again (the succeeded ones are left alone)."""
         promotion = self._get(promotion_id)
@@ -272,8 +313,15 @@ class Deployer:
             raise Refused(f"promotion {promotion_id} is still {promotion.state}")
         if promotion.rolled_back:
             raise Refused(f"promotion {promotion_id} was rolled back: request a new one")
+        self._can_sign()
+        blocked = self.promotions.is_blocked(promotion.package, promotion.version)
+        if blocked:
+            raise Refused(f"{promotion.package} {promotion.version[:12]} is blocked ({blocked['reason']})")
+        self._none_running(promotion.package, promotion.to_env, skip=promotion.id)
         again = [
-            run for run in promotion.nodes.values() if run.state in (NodeState.FAILED, NodeState.UNREACHABLE)
+            run
+            for run in promotion.nodes.values()
+            if run.state in (NodeState.FAILED, NodeState.UNREACHABLE, NodeState.ROLLED_BACK)
         ]
         if not again:
             raise Refused(f"promotion {promotion_id} has no failed or unreachable node to retry")
@@ -296,10 +344,12 @@ class Deployer:
         self, *, package: str, env: str, to_version: str | None, user: str, reason: str | None
     ) -> Promotion:
         """Back to the last good version (or ``to_version``) through the same waves; block the bad one."""
+        self._can_sign()
         try:
             self.inventory.env(env)
         except KeyError as exc:
             raise Refused(str(exc.args[0]), status=404) from None
+        self._none_running(package, env)
         bad = self._current_version(env, package)
         target = to_version or self._last_good(package, env, bad)
         if target is None:
@@ -310,7 +360,7 @@ class Deployer:
             raise Refused(f"{package} {target[:12]} is not in the deployer's mirror", status=404)
         if bad is not None:
             why = reason or f"rolled back in {env} by {user}"
-            self.promotions.block(package, bad, by=user, reason=why)
+            self.promotions.block(package, bad, by=user, reason=why, env=env)
             self._announce(
                 env, VersionBlocked(package=package, version=bad, blocked_by=user, reason=why), actor=user
             )
@@ -356,10 +406,12 @@ class Deployer:
         return None
 
     def unblock(self, package: str, version: str, user: str, reason: str | None) -> None:
-        if not self.promotions.unblock(package, version):
+        blocked = self.promotions.is_blocked(package, version)
+        if blocked is None or not self.promotions.unblock(package, version):
             raise Refused(f"{package} {version[:12]} is not blocked", status=404)
+        env = blocked.get("env") or self.inventory.env_names()[0]
         self._announce(
-            self.inventory.env_names()[0],
+            env if env in self.buses else next(iter(self.buses)),
             VersionUnblocked(package=package, version=version, unblocked_by=user, reason=reason),
             actor=user,
         )
@@ -448,7 +500,7 @@ class Deployer:
         if entry.agent is AgentKind.NONE:
             await self._node_over_ssh(promotion, run, entry)
             return
-        if not self.fleet.alive(node, self.settings.heartbeat_stale_s):
+        if not self._alive(node):
             self._node_done(promotion, run, NodeState.UNREACHABLE, f"{node} has not reported for a while")
             return
         current = self.fleet.version(node, promotion.package)
@@ -474,49 +526,89 @@ class Deployer:
             current = await self.nodes.run(
                 node, ["sh", "-c", f"readlink {shlex.quote(root)}/current || true"]
             )
-            version = current.strip().rpartition("/")[2] or None
-            run.from_version = version
-            if version == promotion.version:
+            run.from_version = current.strip().rpartition("/")[2] or None
+            if run.from_version == promotion.version:
                 self._node_done(promotion, run, NodeState.SUCCEEDED, None)
                 return
-            changeset = await self.mirror.changeset(promotion.package, version, promotion.version)
-            run.changeset_id, run.state, run.sent_at = changeset, NodeState.APPLYING, datetime.now(UTC)
+            run.state, run.sent_at = NodeState.APPLYING, datetime.now(UTC)
             self.promotions.save(promotion)
-            local = await self.store.download(changeset, self.settings.state_dir / "outgoing")
-            remote = f"/tmp/conveyor-{changeset}.zip"  # noqa: S108 - the node's own temporary directory
-            await self.nodes.pool.put(self.nodes.target(node), local, remote)
-            apply = [self.settings.remote_conveyor, "changeset", "apply", remote, "--root", root]
-            result = await self.nodes.pool.run(self.nodes.target(node), apply, check=False, timeout=600)
-            await self.nodes.pool.run(self.nodes.target(node), ["rm", "-f", remote], check=False)
-            if result.exit_status != 0:
-                self._over_ssh_reply(promotion, run, version, f"{result.stderr or result.stdout}".strip())
-                return
-            for unit in node.packages[promotion.package]:
-                await self.nodes.run(node, _restart_command(node, unit))
+            error, state = await self._ssh_apply(promotion, run, node, run.from_version, promotion.version)
         except HostKeyChanged as exc:
             self._node_done(promotion, run, NodeState.FAILED, f"refused: {exc}")
             return
         except (NodeUnreachable, HostKeyUnknown) as exc:
             self._node_done(promotion, run, NodeState.UNREACHABLE, str(exc))
             return
-        except (SshError, MirrorGap, StoreUnavailable, StoreRefused) as exc:
+        except (SshError, ChangesetError, OSError) as exc:
             self._node_done(promotion, run, NodeState.FAILED, str(exc))
             return
-        self._over_ssh_reply(promotion, run, version, None)
+        self._over_ssh_reply(
+            promotion, run, promotion.version, before=run.from_version, error=error, state=state
+        )
+
+    async def _ssh_apply(
+        self, promotion: Promotion, run: NodeRun, node: Node, parent: str | None, version: str
+    ) -> tuple[str | None, NodeState]:
+        """Apply ``parent`` → ``version`` on an agentless node; (error, the node's state after).
+
+        A failed restart switches the node back to the release it ran (``conveyor changeset
+        rollback``) and restarts again, as a listener would.
+        """
+        root = node.release_roots[promotion.package]
+        target = self.nodes.target(node)
+        run.changeset_id = await self.mirror.changeset(promotion.package, parent, version)
+        local = await self.store.download(run.changeset_id, self.settings.state_dir / "outgoing")
+        try:
+            incoming = (
+                await self.nodes.run(node, ["mktemp", "-d", "-t", "conveyor-incoming.XXXXXXXX"])
+            ).strip()
+            remote = f"{incoming}/{run.changeset_id}.zip"
+            await self.nodes.pool.put(target, local, remote, timeout=600)
+        finally:
+            await asyncio.to_thread(local.unlink, missing_ok=True)
+        conveyor = self.settings.remote_conveyor
+        try:
+            applied = await self.nodes.pool.run(
+                target, [conveyor, "changeset", "apply", remote, "--root", root], check=False, timeout=600
+            )
+        finally:
+            await self.nodes.pool.run(target, ["rm", "-rf", incoming], check=False)
+        if applied.exit_status != 0:
+            return (
+                applied.stderr or applied.stdout
+            ).strip() or "conveyor changeset apply failed", NodeState.FAILED
+        try:
+            for unit in node.packages[promotion.package]:
+                await self.nodes.pool.run(target, _restart_command(node, unit), timeout=120)
+        except SshError as exc:
+            await self.nodes.pool.run(
+                target, [conveyor, "changeset", "rollback", "--root", root], check=False
+            )
+            for unit in node.packages[promotion.package]:
+                await self.nodes.pool.run(target, _restart_command(node, unit), check=False, timeout=120)
+            return f"restart: {exc}; switched back", NodeState.ROLLED_BACK
+        return None, NodeState.SUCCEEDED
 
     def _over_ssh_reply(
-        self, promotion: Promotion, run: NodeRun, before: str | None, error: str | None
+        self,
+        promotion: Promotion,
+        run: NodeRun,
+        version: str,
+        *,
+        before: str | None,
+        error: str | None,
+        state: NodeState,
     ) -> None:
         """Record an agentless node's outcome as a listener would report it."""
         now = datetime.now(UTC)
         if error is None:
-            self.fleet.applied(run.node, promotion.package, promotion.version, now)
+            self.fleet.applied(run.node, promotion.package, version, now)
             payload: Payload = ChangesetApplied(
                 deployment_id=promotion.id,
                 node=run.node,
                 changeset_id=run.changeset_id or "0" * 64,
                 package=promotion.package,
-                version=promotion.version,
+                version=version,
                 previous_version=before,
                 duration_s=(now - (run.sent_at or now)).total_seconds(),
             )
@@ -526,16 +618,14 @@ class Deployer:
                 node=run.node,
                 changeset_id=run.changeset_id or "0" * 64,
                 package=promotion.package,
-                version=promotion.version,
-                stage=ApplyStage.UNPACK,
-                error=error[:2000] or "conveyor changeset apply failed",
-                switched_back=False,
+                version=version,
+                stage=ApplyStage.RESTART if state is NodeState.ROLLED_BACK else ApplyStage.UNPACK,
+                error=error[:2000],
+                switched_back=state is NodeState.ROLLED_BACK,
                 running_version=before,
             )
         self._announce(promotion.to_env, payload)
-        self._node_done(
-            promotion, run, NodeState.SUCCEEDED if error is None else NodeState.FAILED, error and error[:2000]
-        )
+        self._node_done(promotion, run, state, error and error[:2000])
 
     async def _send(
         self, promotion: Promotion, node: str, changeset_id: str, parent: str | None, version: str
@@ -564,7 +654,8 @@ class Deployer:
 
     async def _await_reply(self, promotion: Promotion, run: NodeRun, command_id: UUID) -> None:
         event = self._changed.setdefault(promotion.id, asyncio.Event())
-        sent = run.sent_at or datetime.now(UTC)
+        # Sent before this deployer started: its reply may be waiting in the queue; a full timeout from now.
+        sent = max(run.sent_at or datetime.now(UTC), self.started_at)
         while run.state is NodeState.APPLYING and run.command_id == command_id:
             left = self.settings.node_timeout_s - (datetime.now(UTC) - sent).total_seconds()
             if left <= 0:
@@ -608,7 +699,11 @@ class Deployer:
     async def _roll_back(self, promotion: Promotion) -> None:
         """Past the budget: take every node this promotion changed back to where it was."""
         promotion.rolled_back = True
-        done = [r for r in promotion.nodes.values() if r.state is NodeState.SUCCEEDED and r.from_version]
+        done = [
+            r
+            for r in promotion.nodes.values()
+            if r.state is NodeState.SUCCEEDED and r.from_version and r.from_version != promotion.version
+        ]
         await asyncio.gather(*(self._undo(promotion, run) for run in done))
         for run in promotion.nodes.values():
             if not run.state.final:
@@ -618,9 +713,21 @@ class Deployer:
 
     async def _undo(self, promotion: Promotion, run: NodeRun) -> None:
         assert run.from_version is not None
+        _, node = self.inventory.node(run.node)
+        if node.agent is AgentKind.NONE:
+            try:
+                error, _ = await self._ssh_apply(promotion, run, node, promotion.version, run.from_version)
+            except (SshError, ChangesetError, OSError) as exc:
+                error = str(exc)
+            if error is None:
+                self.fleet.applied(run.node, promotion.package, run.from_version, datetime.now(UTC))
+                self._node_done(promotion, run, NodeState.ROLLED_BACK, "rolled back with the promotion")
+            else:
+                self._node_done(promotion, run, NodeState.FAILED, f"rolling back failed: {error}")
+            return
         try:
             changeset = await self.mirror.changeset(promotion.package, promotion.version, run.from_version)
-        except MirrorGap as exc:
+        except ChangesetError as exc:
             self._node_done(promotion, run, NodeState.FAILED, f"could not roll back: {exc}")
             return
         run.undo_command_id = await self._send(

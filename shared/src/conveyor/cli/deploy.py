@@ -25,6 +25,7 @@ __all__ = [
     "nodes",
     "promote",
     "promotions",
+    "reject",
     "retry",
     "rollback",
     "show",
@@ -49,14 +50,16 @@ class ApiError(Exception):
     pass
 
 
-def _call(method: str, path: str, *, body: Any = None, params: dict[str, Any] | None = None) -> Any:
+def _call(
+    method: str, path: str, *, body: Any = None, params: dict[str, Any] | None = None, timeout: float = 30
+) -> Any:
     settings = load_settings(CliSettings)
     secret = settings.deployer_token or settings.token
     headers = {"Authorization": f"Bearer {secret.get_secret_value()}"} if secret else {}
     query = {k: v for k, v in (params or {}).items() if v is not None}
     url = f"{settings.deployer_url.rstrip('/')}{path}"
     try:
-        response = httpx.request(method, url, json=body, params=query, headers=headers, timeout=30)
+        response = httpx.request(method, url, json=body, params=query, headers=headers, timeout=timeout)
     except httpx.HTTPError as exc:
         raise ApiError(f"cannot reach the deployer at {settings.deployer_url}: {exc}") from None
     if response.is_error:
@@ -140,6 +143,16 @@ def promote(body: dict[str, Any], *, watch: bool, as_json: bool) -> int:
 def approve(promotion_id: str, *, watch: bool) -> int:
     return _guard(
         lambda: _finish(_call("POST", f"/promotions/{promotion_id}/approve"), watch=watch, as_json=False)
+    )
+
+
+def reject(promotion_id: str, reason: str | None) -> int:
+    return _guard(
+        lambda: _finish(
+            _call("POST", f"/promotions/{promotion_id}/reject", body={"reason": reason}),
+            watch=False,
+            as_json=False,
+        )
     )
 
 
@@ -237,7 +250,7 @@ def trust(env: str | None, node: str | None, *, yes: bool, replace: bool) -> int
     """Show each node's host key fingerprint; trust the ones a person confirms."""
 
     def run() -> int:
-        rows = _call("GET", "/nodes/host-keys", params={"env": env, "node": node})
+        rows = _call("GET", "/nodes/host-keys", params={"env": env, "node": node}, timeout=120)
         table = Table("env", "node", "address", "presents", "trusted", "state")
         for r in rows:
             table.add_row(
@@ -283,7 +296,9 @@ def trust(env: str | None, node: str | None, *, yes: bool, replace: bool) -> int
 
 def check(env: str | None, *, as_json: bool) -> int:
     def run() -> int:
-        rows = _call("GET", "/nodes/check", params={"env": env})
+        rows = _call(
+            "GET", "/nodes/check", params={"env": env}, timeout=300
+        )  # unreachable nodes take a while
         if as_json:
             print(json.dumps(rows, indent=2))
             return 0

@@ -375,6 +375,17 @@ def approve_command(
     raise typer.Exit(deploy.approve(promotion, watch=watch))
 
 
+@app.command("reject")
+def reject_command(
+    promotion: Annotated[str, typer.Argument(help="The promotion's id.")],
+    reason: Annotated[str | None, typer.Option("--reason")] = None,
+) -> None:
+    """Turn down a promotion awaiting approval (or withdraw your own)."""
+    from conveyor.cli import deploy  # noqa: PLC0415
+
+    raise typer.Exit(deploy.reject(promotion, reason))
+
+
 @app.command("retry")
 def retry_command(
     promotion: Annotated[str, typer.Argument(help="The promotion's id.")], watch: Watch = False
