@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -16,6 +17,7 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from conveyor_deployer.bootstrap import AgentPlan, bootstrap_env, trusted_key_lines
 from conveyor_deployer.config import Role, Settings
 from conveyor_deployer.nodes import TrustRefused
 from conveyor_deployer.promotions import Promotion
@@ -79,6 +81,11 @@ def _need(role: Role) -> Callable[[Caller], Caller]:
 Reader = Annotated[Caller, Depends(_need(Role.READER))]
 Deploying = Annotated[Caller, Depends(_need(Role.DEPLOYER))]
 Admin = Annotated[Caller, Depends(_need(Role.ADMIN))]
+
+
+class BootstrapRequest(BaseModel):
+    env: str
+    node: str | None = None
 
 
 class TrustRequest(BaseModel):
@@ -177,6 +184,13 @@ def api_router(deployer: Deployer, settings: Settings) -> APIRouter:
             )
         return rows
 
+    _node_routes(router, deployer, settings)
+    return router
+
+
+def _node_routes(router: APIRouter, deployer: Deployer, settings: Settings) -> None:
+    """Reaching the nodes over SSH: host keys, trust, bootstrap, checks."""
+
     @router.get("/nodes/host-keys")
     async def host_keys(
         caller: Reader, env: str | None = None, node: str | None = None
@@ -196,13 +210,47 @@ def api_router(deployer: Deployer, settings: Settings) -> APIRouter:
             raise HTTPException(409, str(exc)) from None
         return {"node": node, "fingerprint": trusted, "trusted_by": caller.name}
 
+    @router.post("/nodes/bootstrap")
+    async def bootstrap_nodes(body: BootstrapRequest, caller: Admin) -> list[dict[str, Any]]:
+        """Install or update the node agents over SSH, write their configuration and the trusted keys,
+        start them; nothing changes on a node that already has all of it."""
+        del caller
+        try:
+            plan = AgentPlan(
+                envs={body.env: settings.agent_envs[body.env]},
+                artifact_store_url=settings.agent_artifact_store_url or settings.artifact_store_url,
+                artifact_store_token=(
+                    settings.agent_artifact_store_token.get_secret_value()
+                    if settings.agent_artifact_store_token
+                    else None
+                ),
+                trusted_keys=trusted_key_lines(
+                    settings.signing_key_file, command_ttl_s=settings.command_ttl_s
+                ),
+                prefix=settings.agent_prefix,
+                python=settings.agent_python,
+                index_url=settings.agent_index_url,
+                listener_http_port=settings.listener_http_port,
+                firewall_http_port=settings.firewall_http_port,
+                install_firewall_agent=settings.install_firewall_agent,
+                supervisor_conf=settings.supervisor_conf,
+                supervisor_include=settings.supervisor_include,
+                install_timeout_s=settings.bootstrap_install_timeout_s,
+                health_timeout_s=settings.bootstrap_health_timeout_s,
+            )
+            wheels = sorted(settings.bootstrap_wheels_dir.glob("*.whl"))
+            reports = await bootstrap_env(deployer.nodes, body.env, wheels=wheels, plan=plan, node=body.node)
+        except KeyError as exc:
+            raise HTTPException(404, f"{exc.args[0]} (AGENT_ENVS must name every environment)") from None
+        except (ValueError, FileNotFoundError) as exc:
+            raise HTTPException(409, str(exc)) from None
+        return [{"env": body.env, **asdict(report)} for report in reports]
+
     @router.get("/nodes/check")
     async def check(caller: Reader, env: str | None = None) -> list[dict[str, Any]]:
         """Each node over SSH: reachable, latency, OS, kernel, free disk, agents' versions and state."""
         del caller
         return await deployer.nodes.check(env)
-
-    return router
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -75,6 +75,43 @@ class Settings(ServiceSettings):
         default=Path("/var/lib/conveyor/deployer/known_hosts"), description="trusted node host keys"
     )
     ssh_concurrency: int = Field(default=20, ge=1, description="SSH operations at once")
+    bootstrap_wheels_dir: Path = Field(
+        default=Path("/var/lib/conveyor/deployer/wheels"),
+        description="`conveyor nodes bootstrap`: the wheels installed on nodes (conveyor and the agents)",
+    )
+    agent_envs: dict[str, str] = Field(
+        default_factory=dict,
+        description="env → AMQP URL the node agents use (JSON; their own broker users, not the deployer's)",
+    )
+    agent_artifact_store_url: str | None = Field(
+        default=None,
+        description="artifact store URL for the agents",
+        json_schema_extra={"doc_default": "ARTIFACT_STORE_URL"},
+    )
+    agent_artifact_store_token: SecretStr | None = Field(
+        default=None, description="the agents' artifact store token (the reader role)"
+    )
+    agent_prefix: str = Field(default="/opt/conveyor", description="where bootstrap installs the agents")
+    agent_python: str = Field(default="python3", description="the nodes' Python that makes the virtualenv")
+    agent_index_url: str | None = Field(
+        default=None,
+        description="package index for the agents' dependencies",
+        json_schema_extra={"doc_default": "the node's pip configuration"},
+    )
+    listener_http_port: int = Field(default=8103, ge=1, le=65535, description="the listener's port on nodes")
+    firewall_http_port: int = Field(default=8104, ge=1, le=65535, description="the firewall agent's port")
+    install_firewall_agent: bool = Field(default=True, description="bootstrap installs the firewall agent")
+    supervisor_conf: str = Field(
+        default="/etc/supervisor/supervisord.conf", description="supervisorctl -c, on supervisord nodes"
+    )
+    supervisor_include: str = Field(
+        default="/etc/supervisor/conf.d/conveyor.conf",
+        description="the file bootstrap writes the agents' programs to (supervisord.conf includes it)",
+    )
+    bootstrap_install_timeout_s: float = Field(default=900.0, gt=0, description="pip install on a node")
+    bootstrap_health_timeout_s: float = Field(
+        default=60.0, ge=0, description="started agents must answer /healthz within this (0: not checked)"
+    )
     remote_conveyor: str = Field(
         default="/opt/conveyor/venv/bin/conveyor",
         description="the conveyor command on agentless nodes (runs `conveyor changeset apply` there)",

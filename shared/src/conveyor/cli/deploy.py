@@ -21,6 +21,7 @@ from conveyor.settings import CliSettings, load_settings
 __all__ = [
     "approve",
     "blocked",
+    "bootstrap",
     "check",
     "nodes",
     "promote",
@@ -290,6 +291,35 @@ def trust(env: str | None, node: str | None, *, yes: bool, replace: bool) -> int
             )
             console.print(f"{r['node']}: trusted {done['fingerprint']}")
         return 1 if failed else 0
+
+    return _guard(run)
+
+
+def bootstrap(env: str, node: str | None, *, as_json: bool) -> int:
+    """Install or update the node agents; one row per node."""
+
+    def run() -> int:
+        rows = _call("POST", "/nodes/bootstrap", body={"env": env, "node": node}, timeout=1800)
+        if as_json:
+            print(json.dumps(rows, indent=2))
+        else:
+            table = Table("env", "node", "result", "changed", "started", "error")
+            for r in rows:
+                result = (
+                    "[red]failed[/]"
+                    if r["error"]
+                    else ("unchanged" if r["unchanged"] else "[green]updated[/]")
+                )
+                table.add_row(
+                    r["env"],
+                    r["node"],
+                    result,
+                    ", ".join(r["changed"]),
+                    ", ".join(r["started"]),
+                    r["error"] or "",
+                )
+            console.print(table)
+        return 1 if any(r["error"] for r in rows) else 0
 
     return _guard(run)
 

@@ -484,6 +484,18 @@ def nodes_trust(
     raise typer.Exit(deploy.trust(env, node, yes=yes, replace=replace))
 
 
+@nodes_app.command("bootstrap")
+def nodes_bootstrap(
+    env: Annotated[str, typer.Option("--env")],
+    node: Annotated[str | None, typer.Option("--node")] = None,
+    as_json: AsJson = False,
+) -> None:
+    """Install the node agents over SSH, configure and start them; a second run changes nothing."""
+    from conveyor.cli import deploy  # noqa: PLC0415
+
+    raise typer.Exit(deploy.bootstrap(env, node, as_json=as_json))
+
+
 @nodes_app.command("check")
 def nodes_check(env: Annotated[str | None, typer.Option("--env")] = None, as_json: AsJson = False) -> None:
     """One row per node over SSH: reachable, latency, OS, kernel, free disk, agents."""

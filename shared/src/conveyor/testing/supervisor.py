@@ -35,6 +35,7 @@ import sys
 import tempfile
 import time
 import xmlrpc.client
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -78,8 +79,10 @@ class Supervisor:
     :attr:`config_path`.
     """
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, include: Sequence[Path] = ()) -> None:
+        """``include``: further configuration files supervisord reads (``[include] files =``)."""
         self.directory = Path(directory).absolute()
+        self.include = [Path(path).absolute() for path in include]
         self._programs: dict[str, _Program] = {}
         self._process: subprocess.Popen[bytes] | None = None
         self._socket_dir: Path | None = None  # a short directory of our own, when ``directory`` is too long
@@ -177,6 +180,8 @@ class Supervisor:
         ]
         for program in self._programs.values():
             lines += [*self._program_section(program), ""]
+        if self.include:
+            lines += ["[include]", "files = " + " ".join(_value(str(path)) for path in self.include), ""]
         return "\n".join(lines)
 
     def _program_section(self, program: _Program) -> list[str]:
