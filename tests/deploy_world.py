@@ -149,7 +149,7 @@ class Estate:
                 f"{p}SIGNING_KEY_FILE": str(self.key_path),
                 f"{p}ARTIFACT_STORE_URL": self.store_url,
                 f"{p}ARTIFACT_STORE_TOKEN": STORE_TOKEN,
-                f"{p}NODE_TIMEOUT_S": "20",
+                f"{p}NODE_TIMEOUT_S": "60",
                 f"{p}HEARTBEAT_STALE_S": "3",
                 f"{p}SSH_KEY_FILE": str(self.tmp / "deployer-ssh" / "id_ed25519"),
                 f"{p}KNOWN_HOSTS_FILE": str(self.tmp / "deployer" / "known_hosts"),
