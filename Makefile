@@ -38,6 +38,7 @@ bench: setup
 	$(UV) run --frozen python bench/bus/run.py
 	$(UV) run --frozen python bench/cli/run.py
 	$(UV) run --frozen python bench/changeset/run.py
+	$(UV) run --frozen python bench/deploy/run.py
 
 clean:
 	rm -rf .demo .pytest_cache .mypy_cache .ruff_cache
