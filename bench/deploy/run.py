@@ -1155,17 +1155,6 @@ class Peers:
             for n in self.nodes
         ]
 
-    async def clean_round(self, rnd: Round) -> None:
-        """Remove a finished round's releases and archives from every node (untimed, keeps the disk small)."""
-        paths = [
-            str(path)
-            for node in self.nodes
-            for method in PEERS
-            for folder in ("releases", "incoming")
-            for path in (node.base(method) / folder).glob(f"{rnd.package}-*")
-        ]
-        await asyncio.gather(*(run(["rm", "-rf", "--", *paths[i::4]]) for i in range(4) if paths[i::4]))
-
 
 # -- measuring ---------------------------------------------------------------------------
 
@@ -1201,6 +1190,7 @@ class Outcome:
     delta_changeset: int | None = None
     archive_bytes: dict[str, int] = field(default_factory=dict)
     alone: dict[str, float] = field(default_factory=dict)  # one node's work alone, informative
+    probes: dict[str, float] = field(default_factory=dict)  # the file-creation probe: when -> seconds
     ansible_version: str = "n/a"
     setup_s: float = 0.0
     problems: list[str] = field(default_factory=list)
@@ -1469,32 +1459,47 @@ async def ship_next(estate: Estate, rnd: Round) -> str:
 # -- the whole run ----------------------------------------------------------------------------
 
 
+DELETIONS = (
+    "Deletions: ext4 without a journal (this machine's root file system) skips, when it allocates an "
+    "inode, the inodes freed in the last 60 s (360 s while their inode-table block is dirty), reading each "
+    "(`recently_deleted` in `perf`), so creating files soon after deleting many costs many times the "
+    "system time: 20 parallel `tar -xzf` of this release took 1.4 s of system time on a quiet file "
+    "system and 13-33 s right after `rm -rf` of the previous 20. The bench deletes nothing until it has "
+    "measured (every round's releases stay on disk); the probe above is a rough sign of the state it "
+    "found (it writes into a fresh directory, which may miss the groups holding the freed inodes). "
+    "Whatever ran before it (another benchmark's cleanup, its own previous run's) can still slow the "
+    "first runs: run it last, at least 6 minutes after large deletions."
+)
+PROBE_FILES = 2_000
+
+
+def probe(directory: Path) -> float:
+    """Seconds to create and write 2,000 files of 4 KiB in one process: how fast the file system
+    creates files right now (see DELETIONS)."""
+    directory.mkdir(parents=True)
+    data = b"x" * 4096
+    started = time.perf_counter()
+    for i in range(PROBE_FILES):
+        (directory / f"f{i}").write_bytes(data)
+    return time.perf_counter() - started
+
+
 def check_disk(base: Path, rounds: int) -> None:
-    need = (6 << 30) + rounds * (1 << 30)
+    """Nothing is deleted until the end (see DELETIONS): every round's releases stay, ~2.6 GB and
+    ~250,000 inodes a round."""
+    need = (3 << 30) + rounds * (3 << 30)
     free = shutil.disk_usage(base).free
     if free < need:
         raise SetupFailed(
             f"not enough disk under {base}: {free / 2**30:.1f} GiB free, need {need / 2**30:.1f}"
         )
+    stats = os.statvfs(base)
+    inodes = 100_000 + rounds * 300_000
+    if stats.f_files and stats.f_favail < inodes:
+        raise SetupFailed(f"not enough inodes under {base}: {stats.f_favail:,} free, need {inodes:,}")
 
 
-async def bench(config: Config, base: Path, world: World, outcome: Outcome) -> None:
-    started = time.perf_counter()
-    log(f"generating the release ({FILES:,} files, {RELEASE_BYTES / 1e6:.0f} MB), {config.rounds} rounds")
-    content = await asyncio.to_thread(make_content)
-    outcome.content = content
-    rounds = await make_rounds(config, base, content)
-    outcome.archive_bytes = {
-        "full": rounds[0].archive_v1.stat().st_size,
-        "delta": rounds[0].delta_archive.stat().st_size,
-    }
-    log(f"starting {NODES} sshd nodes")
-    nodes, key, known_hosts = await start_nodes(base, world)
-    peers = Peers(base, nodes, key, known_hosts, base / "ansible" / "venv")
-    peers.prepare()
-    world.control_dirs.append(peers.control_dir)
-    outcome.ansible_version = await install_ansible(config, peers.venv)
-
+async def start_estate(base: Path, world: World, nodes: list[Node], rounds: list[Round]) -> Estate:
     log("starting version-db, the deployer and 22 changelog listeners")
     suffix = secrets.token_hex(4)
     urls = {}
@@ -1517,6 +1522,28 @@ async def bench(config: Config, base: Path, world: World, outcome: Outcome) -> N
         {f"listener-{SOURCE_NODE}": estate.source_port, f"listener-{DEV_NODE}": estate.dev_port}
         | {f"listener-{n.name}": n.http_port for n in nodes}
     )
+    return estate
+
+
+async def bench(config: Config, base: Path, world: World, outcome: Outcome) -> None:
+    started = time.perf_counter()
+    outcome.probes["before the rounds"] = await asyncio.to_thread(probe, base / "probe" / "before")
+    log(f"generating the release ({FILES:,} files, {RELEASE_BYTES / 1e6:.0f} MB), {config.rounds} rounds")
+    content = await asyncio.to_thread(make_content)
+    outcome.content = content
+    rounds = await make_rounds(config, base, content)
+    outcome.archive_bytes = {
+        "full": rounds[0].archive_v1.stat().st_size,
+        "delta": rounds[0].delta_archive.stat().st_size,
+    }
+    log(f"starting {NODES} sshd nodes")
+    nodes, key, known_hosts = await start_nodes(base, world)
+    peers = Peers(base, nodes, key, known_hosts, base / "ansible" / "venv")
+    peers.prepare()
+    world.control_dirs.append(peers.control_dir)
+    outcome.ansible_version = await install_ansible(config, peers.venv)
+
+    estate = await start_estate(base, world, nodes, rounds)
     api = Api(estate)
     try:
         await api.wait_fleet(lambda r: bool(r["alive"]), "every node's heartbeat")
@@ -1527,13 +1554,14 @@ async def bench(config: Config, base: Path, world: World, outcome: Outcome) -> N
             await asyncio.sleep(0.2)
         outcome.setup_s = time.perf_counter() - started
         log(f"set up in {outcome.setup_s:.0f} s")
-        async with EventTap(urls["bench"], ["changeset.applied", "changeset.failed"]) as tap:
+        async with EventTap(estate.urls["bench"], ["changeset.applied", "changeset.failed"]) as tap:
+            log("listening for the nodes' replies on the bench vhost")
             for rnd in rounds:
                 await one_round(outcome=outcome, estate=estate, api=api, tap=tap, peers=peers, rnd=rnd)
                 outcome.rounds_done += not rnd.warmup
-                await peers.clean_round(rnd)
         outcome.full_changeset, outcome.delta_changeset = changeset_sizes(estate, rounds[-1])
         outcome.alone = await measure_alone(estate, rounds[-1], base / "alone")
+        outcome.probes["after them"] = await asyncio.to_thread(probe, base / "probe" / "after")
     finally:
         await api.close()
 
@@ -1908,7 +1936,15 @@ def report(config: Config, outcome: Outcome, facts: list[str]) -> str:
     elif outcome.failure is None:
         lines += ["Checks passed on every node after every run.", ""]
     lines += [*summary(outcome), ""]
-    lines += [f"Reference figures measured before on this machine (from the issue): {REFERENCE}.", ""]
+    measured = "; ".join(
+        f"{NAMES[k].split(' (')[0]} {k[1]} {secs(median(outcome.samples.get(k, [])))} s"
+        for k in ((ANSIBLE, FULL), (ASYNCSSH, FULL), (ASYNCSSH, DELTA), (RSYNC, DELTA))
+    )
+    lines += [
+        f"Reference figures measured before on this machine (from the issue): {REFERENCE}. This run's "
+        f"medians: {measured}. The targets are judged on this run's peers only.",
+        "",
+    ]
     profile = profile_lines(outcome)
     if profile:
         lines += [
@@ -1917,14 +1953,17 @@ def report(config: Config, outcome: Outcome, facts: list[str]) -> str:
         ]
         lines += [*profile, ""]
     lines += [
+        DELETIONS,
+        "",
         "Notes: Conveyor does more than the peers inside its time: the changeset's sha256 is checked on "
         "download and again as its id, every file's sha256 and the new tree's version id are verified, the "
         "node's current release is checked against its manifest before anything is written, the release is "
         "flushed to disk with `os.sync()` before `current` switches (none of the peers syncs: their releases "
         "may still be in the page cache when they report done), and every step is a signed command and a "
         "reply through RabbitMQ, recorded by the deployer. The peers are given their best usual settings "
-        "(forks, pipelining, prebuilt archives). On a 2-core machine with 20 listener processes, all 20 "
-        "nodes' work competes for the same two CPUs and one disk, for every method.",
+        f"(forks, pipelining, prebuilt archives). On this {len(os.sched_getaffinity(0))}-CPU machine, with "
+        f"{NODES} listener processes, all {NODES} nodes' work competes for the same CPUs and disk, for every "
+        "method; FULL is CPU-bound for all of them (CPU seconds above).",
         "",
         "<details><summary>The Ansible playbook</summary>",
         "",
@@ -1958,6 +1997,7 @@ def machine_facts(config: Config, load: tuple[float, float, float], outcome: Out
         except metadata.PackageNotFoundError:
             return "unknown"
 
+    probes = ", ".join(f"{v:.2f} s {k}" for k, v in outcome.probes.items())
     tools = "; ".join(
         tool_version(argv, pattern)
         for argv, pattern in (
@@ -1973,7 +2013,8 @@ def machine_facts(config: Config, load: tuple[float, float, float], outcome: Out
         f"- conveyor {version('conveyor')}; {outcome.ansible_version}; asyncssh {version('asyncssh')}; "
         f"{tools}",
         f"- Work directory under {config.workdir}, filesystem {fs or 'unknown'}; set-up (release, nodes, "
-        f"Ansible install, services) {outcome.setup_s:.0f} s",
+        f"Ansible install, services) {outcome.setup_s:.0f} s; file-creation probe ({PROBE_FILES:,} files "
+        f"of 4 KiB, one process): {probes or 'n/a'}",
     ]
 
 
