@@ -176,6 +176,7 @@ class Target:
             await asyncio.to_thread(self._matches_command, archive, command)
         except ChangesetError as exc:
             raise _Failure(ApplyStage.VERIFY, str(exc)) from None
+        timer.lap("verify", started)  # the command check; the apply reports its own steps below
         timer.stage = ApplyStage.UNPACK
         try:
             result = await asyncio.to_thread(self.releases.apply, archive, good=False)
@@ -188,7 +189,6 @@ class Target:
             raise _Failure(stage, str(exc)) from None
         finally:
             await asyncio.to_thread(archive.unlink, missing_ok=True)  # the store keeps it
-        timer.lap("verify", started)  # the command check; the apply's own steps follow
         for step, seconds in result.timings.items():
             timer.steps[step] = round(timer.steps.get(step, 0.0) + seconds, 6)
         log.info(
