@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Make sure the services Conveyor's demo and tests use are installed and running:
-# RabbitMQ with its management plugin, MariaDB, and the sshd binary. Idempotent; used by
+# RabbitMQ with its management plugin, MariaDB, the sshd binary, sudo and Node.js. Idempotent; used by
 # `make demo`, `make test` and .ci/run.
 set -euo pipefail
 
@@ -56,3 +56,8 @@ if [ ! -x /usr/sbin/sshd ]; then
     pkill -x sshd 2>/dev/null || true
 fi
 install -d -m 0755 /run/sshd
+
+# -- sudo and visudo (the system-control user's rules are tested with the real ones) -----------
+command -v visudo >/dev/null 2>&1 || apt_install sudo
+# Node.js runs the generated polkit rule in its test (no polkitd without systemd here).
+command -v node >/dev/null 2>&1 || apt_install nodejs

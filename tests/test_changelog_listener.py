@@ -1,6 +1,7 @@
 """The changelog listener end to end: six real listener processes (two nodes in each of dev, qa
 and prod), a real version-db with its artifact store, real RabbitMQ vhosts, supervisord running
-the dummy services.
+the dummy services. The target listeners restart them through a system-control user that the
+deployer's code provisions over a real sshd (real useradd, visudo, sudo), as on a node.
 
 The test plays the deployer: it sends ``changeset.apply`` to nodes and reads their replies.
 The tests of this module share one set of processes and run in file order.
@@ -26,6 +27,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 from uuid import uuid4
 
+import asyncssh
 import httpx
 import pytest
 
@@ -45,10 +47,19 @@ from conveyor.pkgvcs import Package
 from conveyor.settings import BusSettings
 from conveyor.signing import SigningKey
 from conveyor.testing.services import RabbitEndpoint, free_port
+from conveyor.testing.sshd import SshNode, client_key
 from conveyor.testing.supervisor import DUMMY_SERVICE_SOURCE, Supervisor
 from conveyor.testing.tap import EventTap
+from conveyor_deployer.config import Settings as DeployerSettings
+from conveyor_deployer.ctlcheck import provision as provision_ctl_user
+from conveyor_deployer.ctlcheck import remove as remove_ctl_user
+from conveyor_deployer.ctluser import CtlPlan
+from conveyor_deployer.inventory import Inventory
+from conveyor_deployer.nodes import NodeAccess
 
 from .test_services import wait_healthy
+
+SUPERVISORCTL = str(Path(sys.executable).parent / "supervisorctl")
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -82,6 +93,7 @@ class World:
     urls: dict[str, str]
     version_db_port: int
     supervisor: Supervisor
+    ctl_account: str
     nodes: dict[str, Node] = field(default_factory=dict)
     version_db: subprocess.Popen[bytes] | None = None
 
@@ -124,6 +136,8 @@ class World:
             f"{prefix}TRUSTED_KEYS_FILE": str(self.tmp / "trusted-keys"),
             f"{prefix}SERVICE_MANAGER": "supervisord",
             f"{prefix}SUPERVISORCTL_CONFIG": str(self.supervisor.config_path),
+            f"{prefix}SUPERVISORCTL": SUPERVISORCTL,
+            f"{prefix}CONTROL_USER": self.ctl_account,
             f"{prefix}QUIET_PERIOD_S": "0.3",
             f"{prefix}RESCAN_INTERVAL_S": "1",
             f"{prefix}HEARTBEAT_INTERVAL_S": "1",
@@ -212,9 +226,13 @@ def world(rabbit: RabbitEndpoint, tmp_path_factory: pytest.TempPathFactory) -> I
         urls={env: rabbit.url_for(vhost) for env, vhost in vhosts.items()},
         version_db_port=free_port(),
         supervisor=supervisor,
+        ctl_account=f"cvl-{suffix}",
     )
     add_nodes(world)
+    ssh = SshNode(tmp / "sshd", "this-host")
     try:
+        ssh.start()
+        asyncio.run(ctl_user(world, ssh, remove_it=False))
         supervisor.start()
         world.start_version_db()
         for node in world.nodes.values():
@@ -234,8 +252,51 @@ def world(rabbit: RabbitEndpoint, tmp_path_factory: pytest.TempPathFactory) -> I
         if world.version_db is not None and world.version_db.poll() is None:
             world.stop_version_db()
         supervisor.stop()
+        asyncio.run(ctl_user(world, ssh, remove_it=True))
+        ssh.stop()
         for name in vhosts.values():
             rabbit.delete_vhost(name)
+
+
+async def ctl_user(world: World, ssh: SshNode, *, remove_it: bool) -> None:
+    """Provision (or remove) the system-control user for every target's unit, over SSH, as the deployer
+    does; sudo logs what the account runs to ``sudo.log``."""
+    key, line = client_key(world.tmp / "deployer-key")
+    ssh.authorize(line)
+    node = {
+        "name": "this-host",
+        "address": ssh.address,
+        "ssh_port": ssh.port,
+        "ssh_user": "root",
+        "service_manager": "supervisord",
+        "packages": {PACKAGE: [n.unit for n in world.nodes.values() if n.name != SOURCE]},
+    }
+    inventory = Inventory.model_validate(
+        {"environments": [{"name": "dev", "clusters": [{"name": "all", "nodes": [node]}]}]}
+    )
+    settings = DeployerSettings(
+        known_hosts_file=world.tmp / "known_hosts", ssh_key_file=key, state_dir=world.tmp / "deployer"
+    )
+    access = NodeAccess(settings, inventory, lambda env, payload, actor=None: None)
+    access.known_hosts.trust(
+        ssh.address, ssh.port, asyncssh.import_public_key(ssh.host_key_line), replace=True
+    )
+    plan = CtlPlan(
+        account=world.ctl_account,
+        supervisorctl=SUPERVISORCTL,
+        supervisor_conf=str(world.supervisor.config_path),
+        sudo_defaults=(f"logfile={world.tmp / 'sudo.log'}", "loglinelen=0"),
+    )
+    try:
+        if remove_it:
+            [report] = await remove_ctl_user(access, "dev", plan)
+            assert report.error is None, report.error
+        else:
+            [report] = await provision_ctl_user(access, "dev", plan)
+            assert report.error is None, report.error
+            assert report.self_test_passed, [row for row in report.self_test if not row["ok"]]
+    finally:
+        await access.close()
 
 
 def add_nodes(world: World) -> None:
@@ -400,6 +461,11 @@ async def test_a_dev_change_becomes_a_changeset_applied_on_both_qa_nodes(world: 
         assert world.serving(node) == "2"
         assert world.supervisor.pid(node.unit) not in pids  # restarted
         assert assert_release_whole(world, node) == second.version
+    # ... through the system-control user's sudo rules, not as root
+    sudo_log = (world.tmp / "sudo.log").read_text()
+    for node in qa:
+        assert f"{world.ctl_account} : " in sudo_log
+        assert f"COMMAND={SUPERVISORCTL} -c {world.supervisor.config_path} restart {node.unit}" in sudo_log
         assert not (node.root / "current" / "static" / "app.css").exists()
 
     # version-db recorded the new version per node (from the replies and heartbeats)

@@ -51,8 +51,19 @@ def different(current: object, name: str) -> str:
     if isinstance(current, list):
         if name == "packages":
             return '[{"name": "web", "root": "/srv/web", "role": "target"}]'
+        if name == "ctl_sudo_defaults":
+            return '["log_output"]'
         return "[0.5]"
-    named = {"log_level": "debug", "log_format": "json", "http_host": "0.0.0.0", "service_manager": "none"}
+    named = {
+        "log_level": "debug",
+        "log_format": "json",
+        "http_host": "0.0.0.0",
+        "service_manager": "none",
+        "control_user": "x-ctl",
+        "ctl_account": "x-ctl",
+        "ctl_systemctl": "/bin/systemctl",
+        "ctl_supervisorctl": "/usr/local/bin/supervisorctl",
+    }
     return named.get(name, "x-1")
 
 

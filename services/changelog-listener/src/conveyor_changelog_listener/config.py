@@ -97,10 +97,15 @@ class Settings(NodeAgentSettings):
     supervisorctl_config: Path | None = Field(
         default=None, description="passed to supervisorctl -c (supervisord only)"
     )
-    control_via_sudo: bool = Field(
-        default=False,
-        description="run systemctl/supervisorctl as `sudo -n …` (the system-control user's rules)",
+    control_user: str | None = Field(
+        default=None,
+        pattern=r"^[a-z_][a-z0-9_-]{0,30}$",
+        description="restart units through this system-control user: `sudo -n systemctl …` as that user "
+        "(the listener switches to it with runuser when it runs as root); unset: run the tool directly",
+        json_schema_extra={"doc_default": "unset"},
     )
+    systemctl: str = Field(default="systemctl", description="systemctl (found on PATH unless absolute)")
+    supervisorctl: str = Field(default="supervisorctl", description="supervisorctl (PATH unless absolute)")
     restart_timeout_s: float = Field(default=60.0, gt=0, description="per unit restart")
     quiet_period_s: float = Field(
         default=2.0, gt=0, description="source: wait this long without file events before acting"

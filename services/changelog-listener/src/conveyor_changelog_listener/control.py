@@ -2,23 +2,70 @@
 
 One command per unit, always in the same form (``systemctl --no-pager restart
 UNIT``, ``supervisorctl -c CONF restart PROGRAM``): sudoers rules match
-argument lists literally, so the system-control user's rules can allow
-exactly these.
+argument lists literally, so the system-control user's rules allow exactly
+these. With ``CONTROL_USER`` the command runs through that account:
+``sudo -n /usr/bin/systemctl --no-pager restart UNIT`` as the account (the
+listener switches to it with ``runuser -u ACCOUNT --`` when it runs as root),
+so a restart can only reach the units its sudo rules list. The tool is given
+to sudo by its absolute path, the one the rules name.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import pwd
+import shutil
 from pathlib import Path
 from typing import Protocol
 
 from conveyor_changelog_listener.config import ServiceManager, Settings
 
-__all__ = ["RestartFailed", "UnitControl", "unit_control"]
+__all__ = ["ControlMisconfigured", "RestartFailed", "UnitControl", "command_prefix", "unit_control"]
 
 
 class RestartFailed(Exception):
     """A unit did not restart; the message names it and what the service manager said."""
+
+
+class ControlMisconfigured(ValueError):
+    """The tool is not installed, or the control user does not exist or cannot be switched to."""
+
+
+def command_prefix(tool: list[str], control_user: str | None) -> list[str]:
+    """The argument list before ``restart UNIT``: the tool with its absolute path, through the control
+    user's sudo rules when there is one."""
+    found = shutil.which(tool[0])
+    if found is None:
+        raise ControlMisconfigured(f"{tool[0]}: not found (PATH={os.environ.get('PATH', '')})")
+    argv = [str(Path(found).absolute()), *tool[1:]]
+    if control_user is None:
+        return argv
+    try:
+        pwd.getpwnam(control_user)
+    except KeyError:
+        raise ControlMisconfigured(
+            f"CONTROL_USER {control_user}: no such account on this node (provision it with "
+            "`conveyor nodes provision-ctl-user`)"
+        ) from None
+    sudo = [_system_tool("sudo"), "-n", *argv]
+    me = pwd.getpwuid(os.geteuid()).pw_name
+    if me == control_user:
+        return sudo
+    if os.geteuid() == 0:
+        return [_system_tool("runuser"), "-u", control_user, "--", *sudo]
+    raise ControlMisconfigured(
+        f"CONTROL_USER {control_user}: the listener runs as {me}, which can switch to it only as root; "
+        f"run the listener as root or as {control_user}"
+    )
+
+
+def _system_tool(name: str) -> str:
+    search = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/bin", "/sbin", "/bin"])
+    found = shutil.which(name, path=search)
+    if found is None:
+        raise ControlMisconfigured(f"CONTROL_USER needs {name}, which is not installed")
+    return found
 
 
 class UnitControl(Protocol):
@@ -26,10 +73,8 @@ class UnitControl(Protocol):
 
 
 class _CommandControl:
-    def __init__(
-        self, argv_for: list[str], *, sudo: bool, timeout_s: float, success_word: str | None = None
-    ) -> None:
-        self._prefix = ["sudo", "-n", *argv_for] if sudo else list(argv_for)
+    def __init__(self, prefix: list[str], *, timeout_s: float, success_word: str | None = None) -> None:
+        self._prefix = prefix
         self._timeout_s = timeout_s
         self._success_word = success_word
 
@@ -66,14 +111,16 @@ class _Nothing:
 
 
 def unit_control(settings: Settings) -> UnitControl:
+    """How this node restarts units; :class:`ControlMisconfigured` when it cannot (checked at start-up,
+    before any command is taken)."""
+    if not any(p.units for p in settings.packages):
+        return _Nothing()
     if settings.service_manager is ServiceManager.SYSTEMD:
-        return _CommandControl(
-            ["systemctl", "--no-pager"], sudo=settings.control_via_sudo, timeout_s=settings.restart_timeout_s
-        )
+        prefix = command_prefix([settings.systemctl, "--no-pager"], settings.control_user)
+        return _CommandControl(prefix, timeout_s=settings.restart_timeout_s)
     if settings.service_manager is ServiceManager.SUPERVISORD:
         config: Path | None = settings.supervisorctl_config
-        argv = ["supervisorctl", *(["-c", str(config)] if config else [])]
-        return _CommandControl(
-            argv, sudo=settings.control_via_sudo, timeout_s=settings.restart_timeout_s, success_word="started"
-        )
+        tool = [settings.supervisorctl, *(["-c", str(config)] if config else [])]
+        prefix = command_prefix(tool, settings.control_user)
+        return _CommandControl(prefix, timeout_s=settings.restart_timeout_s, success_word="started")
     return _Nothing()

@@ -7,6 +7,7 @@ someone other than the requester).
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from collections.abc import Callable
 from dataclasses import asdict
@@ -19,6 +20,8 @@ from pydantic import BaseModel, Field
 
 from conveyor_deployer.bootstrap import AgentPlan, bootstrap_env, trusted_key_lines
 from conveyor_deployer.config import Role, Settings
+from conveyor_deployer.ctlcheck import plan_from_settings, provision, remove, status
+from conveyor_deployer.ctluser import CtlError
 from conveyor_deployer.nodes import TrustRefused
 from conveyor_deployer.promotions import Promotion
 from conveyor_deployer.service import Deployer, Refused
@@ -51,6 +54,11 @@ class RollbackRequest(BaseModel):
 
 class RejectRequest(BaseModel):
     reason: str | None = Field(default=None, max_length=2000)
+
+
+class CtlUserRequest(BaseModel):
+    env: str
+    node: str | None = None
 
 
 class UnblockRequest(BaseModel):
@@ -185,6 +193,7 @@ def api_router(deployer: Deployer, settings: Settings) -> APIRouter:
         return rows
 
     _node_routes(router, deployer, settings)
+    _ctl_routes(router, deployer, settings)
     return router
 
 
@@ -248,9 +257,62 @@ def _node_routes(router: APIRouter, deployer: Deployer, settings: Settings) -> N
 
     @router.get("/nodes/check")
     async def check(caller: Reader, env: str | None = None) -> list[dict[str, Any]]:
-        """Each node over SSH: reachable, latency, OS, kernel, free disk, agents' versions and state."""
+        """Each node over SSH: reachable, latency, OS, kernel, free disk, agents' versions and state, and
+        whether the system-control user is there and passes its self-test."""
         del caller
-        return await deployer.nodes.check(env)
+        rows = await deployer.nodes.check(env)
+        try:
+            plan = plan_from_settings(settings)
+        except CtlError as exc:
+            for row in rows:
+                row["ctl_user"] = {"account": settings.ctl_account, "present": None, "error": str(exc)}
+            return rows
+
+        async def ctl(row: dict[str, Any]) -> None:
+            if row["reachable"]:
+                _, node = deployer.inventory.node(row["node"])
+                row["ctl_user"] = await status(deployer.nodes, node, plan, remote=settings.ctl_remote)
+            else:
+                row["ctl_user"] = None
+
+        await asyncio.gather(*(ctl(row) for row in rows))
+        return rows
+
+
+def _ctl_routes(router: APIRouter, deployer: Deployer, settings: Settings) -> None:
+    """The system-control user on the nodes: provisioned (and self-tested) or removed, by an admin."""
+
+    @router.post("/nodes/ctl-user")
+    async def provision_ctl_user(body: CtlUserRequest, caller: Admin) -> list[dict[str, Any]]:
+        """Create or update the system-control user on the env's nodes (or one), then self-test it."""
+        try:
+            plan = plan_from_settings(settings)
+            reports = await provision(
+                deployer.nodes,
+                body.env,
+                plan,
+                node=body.node,
+                actor=caller.name,
+                remote_check=settings.ctl_remote,
+            )
+        except KeyError as exc:
+            raise HTTPException(404, str(exc.args[0])) from None
+        except CtlError as exc:
+            raise HTTPException(409, str(exc)) from None
+        return [{"env": body.env, **asdict(r), "self_test_passed": r.self_test_passed} for r in reports]
+
+    @router.delete("/nodes/ctl-user")
+    async def remove_ctl_user(caller: Admin, env: str, node: str | None = None) -> list[dict[str, Any]]:
+        """Remove the system-control user, its sudo rules, keys and polkit rule from the env's nodes."""
+        try:
+            reports = await remove(
+                deployer.nodes, env, plan_from_settings(settings), node=node, actor=caller.name
+            )
+        except KeyError as exc:
+            raise HTTPException(404, str(exc.args[0])) from None
+        except CtlError as exc:
+            raise HTTPException(409, str(exc)) from None
+        return [{"env": env, **asdict(r)} for r in reports]
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -112,6 +112,27 @@ class Settings(ServiceSettings):
     bootstrap_health_timeout_s: float = Field(
         default=60.0, ge=0, description="started agents must answer /healthz within this (0: not checked)"
     )
+    ctl_account: str = Field(
+        default="conveyor-ctl",
+        pattern=r"^[a-z_][a-z0-9_-]{0,30}$",
+        description="the system-control user on nodes (`conveyor nodes provision-ctl-user`)",
+    )
+    ctl_remote: bool = Field(
+        default=False,
+        description="the deployer's SSH key may log in as the system-control user (forced command: "
+        "`VERB UNIT` only)",
+    )
+    ctl_polkit: bool = Field(
+        default=False, description="also install a polkit rule for the same units (systemd nodes with polkit)"
+    )
+    ctl_sudo_defaults: list[str] = Field(
+        default_factory=list,
+        description='extra sudoers `Defaults:<account>` settings, JSON list (e.g. ["log_output"])',
+    )
+    ctl_systemctl: str = Field(default="/usr/bin/systemctl", description="systemctl's path on nodes")
+    ctl_supervisorctl: str = Field(
+        default="/usr/bin/supervisorctl", description="supervisorctl's path on supervisord nodes"
+    )
     remote_conveyor: str = Field(
         default="/opt/conveyor/venv/bin/conveyor",
         description="the conveyor command on agentless nodes (runs `conveyor changeset apply` there)",

@@ -14,14 +14,33 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 
 __all__ = ["AgentKind", "Cluster", "Environment", "Inventory", "InventoryError", "Node", "load_inventory"]
 
 Name = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
 EnvName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")]  # as in the envelope
 PackageName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
-Unit = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9@._:-]{0,254}$")]
+
+
+def _no_dotdot(unit: str) -> str:
+    if ".." in unit:
+        raise ValueError(f"unit {unit!r}: '..' is not allowed in a unit name")
+    return unit
+
+
+# A systemd unit or supervisord program: written into sudo rules, so no spaces, ';', '*', '..' or leading '-'.
+Unit = Annotated[
+    str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9@._:-]{0,254}$"), AfterValidator(_no_dotdot)
+]
 
 
 class InventoryError(ValueError):

@@ -8,9 +8,8 @@ sent nothing.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from dataclasses import asdict
-from typing import Any
+from typing import Any, Protocol
 
 from conveyor.contracts import Payload
 from conveyor.contracts.catalogue import NodeHostKeyChanged
@@ -26,9 +25,13 @@ from conveyor_deployer.ssh import (
     fingerprint,
 )
 
-__all__ = ["NodeAccess", "TrustRefused"]
+__all__ = ["Announce", "NodeAccess", "TrustRefused"]
 
 log = get_logger(__name__)
+
+
+class Announce(Protocol):
+    def __call__(self, env: str, payload: Payload, *, actor: str | None = None) -> None: ...
 
 
 class TrustRefused(Exception):
@@ -36,9 +39,7 @@ class TrustRefused(Exception):
 
 
 class NodeAccess:
-    def __init__(
-        self, settings: Settings, inventory: Inventory, announce: Callable[[str, Payload], None]
-    ) -> None:
+    def __init__(self, settings: Settings, inventory: Inventory, announce: Announce) -> None:
         self.settings = settings
         self.inventory = inventory
         self.announce = announce

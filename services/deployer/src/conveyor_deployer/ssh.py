@@ -616,6 +616,15 @@ class SshPool:
         slot = self._slots.get(target._key)
         return slot.usable() if slot is not None else None
 
+    async def disconnect(self, target: SshTarget) -> None:
+        """Close the connection to ``target`` (its user at its address), if one is open."""
+        slot = self._slots.get(target._key)
+        if slot is not None and slot.conn is not None:
+            conn, slot.conn, slot.client = slot.conn, None, None
+            conn.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.wait_closed(), _CLEANUP_TIMEOUT_S)
+
     async def close(self) -> None:
         """Close every connection; the pool opens new ones if used again."""
         slots = list(self._slots.values())

@@ -27,6 +27,8 @@ from conveyor.contracts import (
     FirewallEnabled,
     FirewallRejected,
     MessageDeadLettered,
+    NodeCtlUserProvisioned,
+    NodeCtlUserRemoved,
     NodeHeartbeat,
     NodeHostKeyChanged,
     Payload,
@@ -449,9 +451,46 @@ async def _host_key_changed(session: AsyncSession, envelope: Envelope[NodeHostKe
     )
 
 
+async def _ctl_user_provisioned(session: AsyncSession, envelope: Envelope[NodeCtlUserProvisioned]) -> None:
+    event = envelope.payload
+    await _node(session, envelope.env, event.node)
+    if event.error is not None:
+        outcome = "failed"
+    elif event.self_test_passed is False:
+        outcome = "self_test_failed"
+    else:
+        outcome = "provisioned" if event.changed else "unchanged"
+    _audit(
+        session,
+        envelope,
+        target=f"{event.account}@{event.node}",
+        outcome=outcome,
+        units=event.units,
+        changed=event.changed,
+        error=event.error,
+        self_test_failures=event.self_test_failures,
+    )
+
+
+async def _ctl_user_removed(session: AsyncSession, envelope: Envelope[NodeCtlUserRemoved]) -> None:
+    event = envelope.payload
+    await _node(session, envelope.env, event.node)
+    outcome = "failed" if event.error is not None else ("removed" if event.changed else "unchanged")
+    _audit(
+        session,
+        envelope,
+        target=f"{event.account}@{event.node}",
+        outcome=outcome,
+        changed=event.changed,
+        error=event.error,
+    )
+
+
 RECORDERS: dict[type[Payload], Recorder] = {
     NodeHeartbeat: _heartbeat,
     NodeHostKeyChanged: _host_key_changed,
+    NodeCtlUserProvisioned: _ctl_user_provisioned,
+    NodeCtlUserRemoved: _ctl_user_removed,
     ChangesetCreated: _changeset_created,
     ChangesetApplied: _changeset_applied,
     ChangesetFailed: _changeset_failed,

@@ -42,6 +42,8 @@ __all__ = [
     "FirewallEnabled",
     "FirewallRejected",
     "MessageDeadLettered",
+    "NodeCtlUserProvisioned",
+    "NodeCtlUserRemoved",
     "NodeHeartbeat",
     "NodeHostKeyChanged",
     "NodeOutcome",
@@ -76,6 +78,33 @@ class NodeHostKeyChanged(Payload, message_type="node.host_key_changed"):
     address: Annotated[str, StringConstraints(min_length=1, max_length=255)]
     expected_fingerprint: Text
     presented_fingerprint: Text
+
+
+AccountName = Annotated[str, StringConstraints(pattern=r"^[a-z_][a-z0-9_-]{0,30}$")]
+
+
+class NodeCtlUserProvisioned(Payload, message_type="node.ctl_user_provisioned"):
+    """The system-control user was provisioned on a node (``conveyor nodes provision-ctl-user``), or
+    provisioning failed there; an audit record of who did it and what changed."""
+
+    node: NodeName
+    account: AccountName
+    units: list[Annotated[str, StringConstraints(min_length=1, max_length=255)]] = Field(
+        description="the units its rules allow to be controlled"
+    )
+    changed: list[Text] = Field(description="what was brought to the plan; empty: nothing differed")
+    error: Text | None = Field(default=None, description="why provisioning did not finish")
+    self_test_passed: bool | None = Field(description="None: the self-test did not run")
+    self_test_failures: list[Text] = Field(default_factory=list, description="the checks that did not hold")
+
+
+class NodeCtlUserRemoved(Payload, message_type="node.ctl_user_removed"):
+    """The system-control user, its rules and keys were removed from a node (or removal failed)."""
+
+    node: NodeName
+    account: AccountName
+    changed: list[Text] = Field(description="what was removed; empty: nothing was there")
+    error: Text | None = Field(default=None, description="why removal did not finish")
 
 
 # -- changesets ----------------------------------------------------------------
@@ -385,6 +414,8 @@ CATALOGUE = Registry(
     [
         NodeHeartbeat,
         NodeHostKeyChanged,
+        NodeCtlUserProvisioned,
+        NodeCtlUserRemoved,
         ChangesetCreated,
         ChangesetApply,
         ChangesetApplied,

@@ -39,6 +39,16 @@ EXAMPLES: dict[str, Payload] = {
             expected_fingerprint="SHA256:3b9Yl1c0bXq8Qw0V1x2y3z4A5B6C7D8E9F0G1H2I3J4",
             presented_fingerprint="SHA256:Zq1x2c3v4b5n6m7L8K9J0H1G2F3D4S5A6P7O8I9U0Y1",
         ),
+        c.NodeCtlUserProvisioned(
+            node="qa-web-1",
+            account="conveyor-ctl",
+            units=["web.service", "web-worker.service"],
+            changed=["account", "home", "sudo rules"],
+            self_test_passed=True,
+        ),
+        c.NodeCtlUserRemoved(
+            node="qa-web-1", account="conveyor-ctl", changed=["sudo rules", "account", "home"]
+        ),
         c.ChangesetCreated(
             changeset_id=_CHANGESET,
             package="web",

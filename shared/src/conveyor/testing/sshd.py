@@ -114,11 +114,17 @@ class SshNode:
     The host key and the port are chosen at construction, so :attr:`port` and
     :attr:`host_key_fingerprint` are known before the node starts (the port changes at the first start
     only if another process took it meanwhile); :meth:`restart` keeps both, :meth:`regenerate_host_key`
-    changes the key. ``user`` (default: whoever runs the test) is the account clients log in as.
+    changes the key. ``user`` (default: whoever runs the test) is the account clients log in as;
+    ``home_keys`` also lets other accounts in by the keys in their own ``~/.ssh/authorized_keys``.
     """
 
-    def __init__(self, directory: Path, name: str, *, user: str | None = None) -> None:
+    def __init__(
+        self, directory: Path, name: str, *, user: str | None = None, home_keys: bool = False
+    ) -> None:
         self.directory = Path(directory).absolute()
+        self.home_keys = home_keys
+        """Also accept keys from each account's own ``~/.ssh/authorized_keys`` (as a real node does), for
+        tests of accounts that the code under test provisions; the node's own file comes first."""
         self.name = name
         self.user = user or getpass.getuser()
         try:
@@ -233,7 +239,8 @@ class SshNode:
                 f"Port {self._port}",
                 f"HostKey {here / self.host_key_path.name}",
                 f"PidFile {here / 'sshd.pid'}",
-                f"AuthorizedKeysFile {self.authorized_keys_path}",
+                f"AuthorizedKeysFile {self.authorized_keys_path}"
+                + (" .ssh/authorized_keys" if self.home_keys else ""),
                 "PasswordAuthentication no",
                 "KbdInteractiveAuthentication no",
                 "PubkeyAuthentication yes",
