@@ -66,6 +66,7 @@ class Estate:
     version_db: subprocess.Popen[bytes] | None = None
     deployer: subprocess.Popen[bytes] | None = None
     extra_nodes: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # env → inventory entries
+    deployer_env: dict[str, str] = field(default_factory=dict)  # more CONVEYOR_DEPLOYER_* settings
 
     @property
     def store_url(self) -> str:
@@ -156,6 +157,7 @@ class Estate:
                 f"{p}REMOTE_CONVEYOR": str(Path(sys.executable).parent / "conveyor"),
                 f"{p}BUS__RETRY_DELAYS_S": "[0.2, 0.5]",
                 f"{p}BUS__RECONNECT_INTERVAL_S": "0.3",
+                **self.deployer_env,
             },
             "deployer.log",
         )

@@ -5,9 +5,17 @@ node unreachable until a retry; a changed host key is refused, reported, and not
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import pwd
+import secrets
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from conveyor.contracts.catalogue import NodeHostKeyChanged
@@ -15,9 +23,11 @@ from conveyor.testing.services import RabbitEndpoint
 from conveyor.testing.sshd import SSHD_PATH, SshNode, client_key
 from conveyor.testing.tap import EventTap
 
-from .deploy_world import PACKAGE, SOURCE, Estate, build_estate, first_release
+from .deploy_world import PACKAGE, READER_TOKEN, SOURCE, USERS, Estate, build_estate, first_release
 
 pytestmark = pytest.mark.rabbitmq
+
+CTL_ACCOUNT = f"cva-{secrets.token_hex(5)}"
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +38,7 @@ def estate(
         pytest.fail(f"{SSHD_PATH} is missing: install the OpenSSH server (apt-get install openssh-server)")
     estate, vhosts = build_estate(rabbit, tmp_path_factory.mktemp("agentless"), {"dev": [SOURCE]})
     _, public = client_key(estate.tmp / "deployer-ssh")
-    nodes = {name: SshNode(estate.tmp / name, name) for name in ("qa-a1", "qa-a2")}
+    nodes = {name: SshNode(estate.tmp / name, name, home_keys=True) for name in ("qa-a1", "qa-a2")}
     for node in nodes.values():
         node.authorize(public)
         node.start()
@@ -44,6 +54,10 @@ def estate(
         }
         for node in nodes.values()
     ]
+    estate.deployer_env = {
+        "CONVEYOR_DEPLOYER_CTL_ACCOUNT": CTL_ACCOUNT,
+        "CONVEYOR_DEPLOYER_CTL_REMOTE": "true",
+    }
     try:
         estate.supervisor.start()
         estate.start_version_db()
@@ -57,6 +71,7 @@ def estate(
         estate.supervisor.stop()
         for node in nodes.values():
             node.stop()
+        subprocess.run(["userdel", CTL_ACCOUNT], capture_output=True, check=False)  # after a failed test
         for vhost in vhosts:
             rabbit.delete_vhost(vhost)
 
@@ -127,3 +142,97 @@ async def test_agentless_nodes_are_trusted_deployed_over_ssh_retried_and_refused
         r["node"]: r for r in (await asyncio.to_thread(world.api, "GET", "/nodes/host-keys?env=qa")).json()
     }
     assert keys["qa-a1"]["state"] == "changed"
+
+
+def conveyor(world: Estate, *args: str, user: str = "admin") -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "CONVEYOR_DEPLOYER_URL": world.deployer_url,
+        "CONVEYOR_DEPLOYER_TOKEN": USERS[user],
+        "COLUMNS": "200",
+    }
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "conveyor"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+
+
+def audit(world: Estate, action: str) -> list[dict[str, Any]]:
+    response = httpx.get(
+        f"{world.store_url}/audit",
+        params={"action": action},
+        headers={"Authorization": f"Bearer {READER_TOKEN}"},
+        timeout=10,
+    )
+    response.raise_for_status()
+    items: list[dict[str, Any]] = response.json()["items"]
+    return items
+
+
+async def test_the_system_control_user_is_provisioned_checked_audited_and_removed_through_the_cli(
+    estate: tuple[Estate, dict[str, SshNode]],
+) -> None:
+    world, nodes = estate
+    node = nodes["qa-a2"]
+    keys = {
+        r["node"]: r for r in (await asyncio.to_thread(world.api, "GET", "/nodes/host-keys?env=qa")).json()
+    }
+    if keys["qa-a2"]["state"] != "trusted":
+        body = {"fingerprint": node.host_key_fingerprint, "replace": True}
+        trusted = await asyncio.to_thread(world.api, "POST", "/nodes/qa-a2/trust", user="admin", body=body)
+        assert trusted.status_code == 200, trusted.text
+
+    refused = await asyncio.to_thread(
+        conveyor, world, "nodes", "provision-ctl-user", "--env", "qa", user="ada"
+    )
+    assert refused.returncode != 0  # an admin's call
+    assert "403" in refused.stdout + refused.stderr or "admin" in refused.stdout + refused.stderr
+
+    done = await asyncio.to_thread(
+        conveyor, world, "nodes", "provision-ctl-user", "--env", "qa", "--node", "qa-a2", "--json"
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    [row] = json.loads(done.stdout)
+    assert row["node"] == "qa-a2"
+    assert row["error"] is None
+    assert row["self_test_passed"] is True
+    assert "account" in row["changed"]
+    assert any(r["check"] == "ssh: sh -c id" and r["ok"] for r in row["self_test"])  # CTL_REMOTE
+    assert await asyncio.to_thread(pwd.getpwnam, CTL_ACCOUNT)
+    shown = await asyncio.to_thread(
+        conveyor, world, "nodes", "provision-ctl-user", "--env", "qa", "--node", "qa-a2"
+    )
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert "nothing (already as planned)" in shown.stdout
+    assert "self-test" in shown.stdout
+
+    checked = (await asyncio.to_thread(world.api, "GET", "/nodes/check?env=qa")).json()
+    ctl = {r["node"]: r["ctl_user"] for r in checked}
+    assert ctl["qa-a2"] == {"account": CTL_ACCOUNT, "present": True, "self_test": "passed", "failures": []}
+
+    removed = await asyncio.to_thread(
+        conveyor, world, "nodes", "remove-ctl-user", "--env", "qa", "--node", "qa-a2", "--json"
+    )
+    assert removed.returncode == 0, removed.stdout + removed.stderr
+    assert "account" in json.loads(removed.stdout)[0]["changed"]
+    with pytest.raises(KeyError):
+        await asyncio.to_thread(pwd.getpwnam, CTL_ACCOUNT)
+
+    # both are in version-db's audit log, with who did it
+    deadline = asyncio.get_running_loop().time() + 20
+    while True:
+        provisioned = await asyncio.to_thread(audit, world, "node.ctl_user_provisioned")
+        removals = await asyncio.to_thread(audit, world, "node.ctl_user_removed")
+        if len(provisioned) >= 2 and removals:
+            break
+        assert asyncio.get_running_loop().time() < deadline, (provisioned, removals)
+        await asyncio.sleep(0.2)
+    assert {(r["actor"], r["target"], r["outcome"]) for r in provisioned} == {
+        ("admin", f"{CTL_ACCOUNT}@qa-a2", "provisioned"),
+        ("admin", f"{CTL_ACCOUNT}@qa-a2", "unchanged"),
+    }
+    assert (removals[0]["actor"], removals[0]["outcome"]) == ("admin", "removed")

@@ -18,10 +18,16 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from conveyor_deployer.bootstrap import AgentPlan, bootstrap_env, trusted_key_lines
+from conveyor_deployer.bootstrap import (
+    AgentPlan,
+    BootstrapReport,
+    bootstrap,
+    bootstrap_env,
+    trusted_key_lines,
+)
 from conveyor_deployer.config import Role, Settings
 from conveyor_deployer.ctlcheck import plan_from_settings, provision, remove, status
-from conveyor_deployer.ctluser import CtlError
+from conveyor_deployer.ctluser import CtlError, CtlReport
 from conveyor_deployer.nodes import TrustRefused
 from conveyor_deployer.promotions import Promotion
 from conveyor_deployer.service import Deployer, Refused
@@ -221,9 +227,9 @@ def _node_routes(router: APIRouter, deployer: Deployer, settings: Settings) -> N
 
     @router.post("/nodes/bootstrap")
     async def bootstrap_nodes(body: BootstrapRequest, caller: Admin) -> list[dict[str, Any]]:
-        """Install or update the node agents over SSH, write their configuration and the trusted keys,
-        start them; nothing changes on a node that already has all of it."""
-        del caller
+        """Provision the system-control user (``CTL_IN_BOOTSTRAP``), then install or update the node
+        agents over SSH, write their configuration and the trusted keys, start them; nothing changes on a
+        node that already has all of it."""
         try:
             plan = AgentPlan(
                 envs={body.env: settings.agent_envs[body.env]},
@@ -244,16 +250,44 @@ def _node_routes(router: APIRouter, deployer: Deployer, settings: Settings) -> N
                 install_firewall_agent=settings.install_firewall_agent,
                 supervisor_conf=settings.supervisor_conf,
                 supervisor_include=settings.supervisor_include,
+                systemctl=settings.ctl_systemctl,
+                supervisorctl=settings.ctl_supervisorctl,
+                control_user=settings.ctl_account if settings.ctl_in_bootstrap else None,
                 install_timeout_s=settings.bootstrap_install_timeout_s,
                 health_timeout_s=settings.bootstrap_health_timeout_s,
             )
             wheels = sorted(settings.bootstrap_wheels_dir.glob("*.whl"))
-            reports = await bootstrap_env(deployer.nodes, body.env, wheels=wheels, plan=plan, node=body.node)
+            if not settings.ctl_in_bootstrap:
+                reports = await bootstrap_env(
+                    deployer.nodes, body.env, wheels=wheels, plan=plan, node=body.node
+                )
+                return [{"env": body.env, **asdict(report), "ctl_user": None} for report in reports]
+            # The system-control user first: the listener is configured to restart units through it.
+            ctl = await provision(
+                deployer.nodes,
+                body.env,
+                plan_from_settings(settings),
+                node=body.node,
+                actor=caller.name,
+                remote_check=settings.ctl_remote,
+            )
         except KeyError as exc:
             raise HTTPException(404, f"{exc.args[0]} (AGENT_ENVS must name every environment)") from None
-        except (ValueError, FileNotFoundError) as exc:
+        except (ValueError, FileNotFoundError, CtlError) as exc:
             raise HTTPException(409, str(exc)) from None
-        return [{"env": body.env, **asdict(report)} for report in reports]
+
+        async def one(report: CtlReport) -> dict[str, Any]:
+            _, node = deployer.inventory.node(report.node)
+            summary = {"changed": report.changed, "self_test_passed": report.self_test_passed}
+            if report.error is not None or report.self_test_passed is False:
+                failed = BootstrapReport(
+                    node.name, error=f"system-control user: {report.error or 'self-test failed'}"
+                )
+                return {"env": body.env, **asdict(failed), "ctl_user": summary}
+            done = await bootstrap(deployer.nodes, node, body.env, wheels=wheels, plan=plan)
+            return {"env": body.env, **asdict(done), "ctl_user": summary}
+
+        return list(await asyncio.gather(*(one(r) for r in ctl)))
 
     @router.get("/nodes/check")
     async def check(caller: Reader, env: str | None = None) -> list[dict[str, Any]]:

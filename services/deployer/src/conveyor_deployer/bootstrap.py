@@ -34,7 +34,9 @@ not healthy) land in its ``error``, never raised, so one node never stops the ot
 (:func:`bootstrap_env`).
 
 The agents run as root for now (no ``User=``); the SSH user must be able to write the files and run
-``systemctl``/``supervisorctl`` (root).
+``systemctl``/``supervisorctl`` (root). With ``plan.control_user`` the listener restarts the packages'
+units through that system-control user (``CONTROL_USER``; see :mod:`conveyor_deployer.ctluser`), which
+``conveyor nodes bootstrap`` provisions before it bootstraps the node.
 """
 
 from __future__ import annotations
@@ -117,6 +119,9 @@ class AgentPlan:
     """pip's index for the agents' dependencies; ``None``: the node's pip configuration (PyPI)."""
     pip_env: Mapping[str, str] = field(default_factory=dict)
     """Environment of the pip runs on the node (``PIP_CACHE_DIR``, ``PIP_INDEX_URL``…)."""
+    control_user: str | None = None
+    """The system-control user the listener restarts units through (``None``: directly, as root); its
+    sudo rules name ``systemctl``/``supervisorctl`` by these same paths."""
     install_timeout_s: float = 900.0
     health_timeout_s: float = 60.0
     """How long started agents have to answer ``/healthz`` with 200; 0: not checked."""
@@ -497,6 +502,11 @@ exit 0
                 values["ARTIFACT_STORE_TOKEN"] = plan.artifact_store_token
             if self.node.service_manager == "supervisord":
                 values["SUPERVISORCTL_CONFIG"] = plan.supervisor_conf
+                values["SUPERVISORCTL"] = plan.supervisorctl
+            else:
+                values["SYSTEMCTL"] = plan.systemctl
+            if plan.control_user is not None:
+                values["CONTROL_USER"] = plan.control_user
             files[plan.env_file(LISTENER)] = (
                 _env_file("CONVEYOR_CHANGELOG_LISTENER_", values),
                 0o600,

@@ -117,6 +117,11 @@ class Settings(ServiceSettings):
         pattern=r"^[a-z_][a-z0-9_-]{0,30}$",
         description="the system-control user on nodes (`conveyor nodes provision-ctl-user`)",
     )
+    ctl_in_bootstrap: bool = Field(
+        default=True,
+        description="`conveyor nodes bootstrap` provisions the system-control user first and the listener "
+        "restarts units through it",
+    )
     ctl_remote: bool = Field(
         default=False,
         description="the deployer's SSH key may log in as the system-control user (forced command: "

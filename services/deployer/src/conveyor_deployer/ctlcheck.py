@@ -234,8 +234,8 @@ async def _remote(access: NodeAccess, node: Node, plan: CtlPlan) -> list[SelfTes
     target = SshTarget(node.name, node.address, node.ssh_port, plan.account)
     units = node_units(node)
     unit = units[0] if units else "app.service"
-    cases = [
-        (f"status {unit}", "allowed"),
+    cases = [(f"status {unit}", "allowed")] if units else []  # with no units, nothing is allowed
+    cases += [
         (f"restart {OTHER_UNIT}", "denied"),
         ("sh -c id", "denied"),
         (f"status {unit}; id", "denied"),

@@ -303,16 +303,21 @@ def bootstrap(env: str, node: str | None, *, as_json: bool) -> int:
         if as_json:
             print(json.dumps(rows, indent=2))
         else:
-            table = Table("env", "node", "result", "changed", "started", "error")
+            table = Table("env", "node", "ctl user", "result", "changed", "started", "error")
             for r in rows:
                 result = (
                     "[red]failed[/]"
                     if r["error"]
                     else ("unchanged" if r["unchanged"] else "[green]updated[/]")
                 )
+                ctl = r.get("ctl_user")
                 table.add_row(
                     r["env"],
                     r["node"],
+                    "-"
+                    if not ctl
+                    else (", ".join(ctl["changed"]) or "unchanged")
+                    + ("" if ctl["self_test_passed"] else " [red](self-test failed)[/]"),
                     result,
                     ", ".join(r["changed"]),
                     ", ".join(r["started"]),
@@ -324,6 +329,18 @@ def bootstrap(env: str, node: str | None, *, as_json: bool) -> int:
     return _guard(run)
 
 
+def _ctl_cell(ctl: dict[str, Any] | None) -> str:
+    if not ctl:
+        return "-"
+    if ctl.get("error"):
+        return f"[red]{ctl['error'][:60]}[/]"
+    if ctl["present"] is False:
+        return f"{ctl['account']} absent"
+    if ctl["self_test"] == "passed":
+        return f"{ctl['account']} [green]self-test passed[/]"
+    return f"{ctl['account']} [red]self-test failed ({len(ctl['failures'])})[/]"
+
+
 def check(env: str | None, *, as_json: bool) -> int:
     def run() -> int:
         rows = _call(
@@ -332,10 +349,12 @@ def check(env: str | None, *, as_json: bool) -> int:
         if as_json:
             print(json.dumps(rows, indent=2))
             return 0
-        table = Table("env", "node", "reachable", "latency", "os", "kernel", "free disk", "agents")
+        table = Table(
+            "env", "node", "reachable", "latency", "os", "kernel", "free disk", "agents", "ctl user"
+        )
         for r in rows:
             if not r["reachable"]:
-                table.add_row(r["env"], r["node"], "[red]no[/]", "-", "-", "-", "-", r["error"] or "")
+                table.add_row(r["env"], r["node"], "[red]no[/]", "-", "-", "-", "-", r["error"] or "", "-")
                 continue
             free = r["disk_free_bytes"]
             disk = f"{free / 2**30:.1f} GiB ({r['disk_free_percent']:.0f}%)" if free is not None else "-"
@@ -353,8 +372,14 @@ def check(env: str | None, *, as_json: bool) -> int:
                 r["kernel"] or "-",
                 disk,
                 agents,
+                _ctl_cell(r.get("ctl_user")),
             )
         console.print(table)
-        return 0 if all(r["reachable"] for r in rows) else 1
+        failing = [r for r in rows if (r.get("ctl_user") or {}).get("self_test") == "failed"]
+        for r in failing:
+            console.print(f"{r['node']}: system-control user self-test failed:")
+            for failure in r["ctl_user"]["failures"]:
+                console.print(f"  - {failure}")
+        return 0 if all(r["reachable"] for r in rows) and not failing else 1
 
     return _guard(run)

@@ -496,9 +496,38 @@ def nodes_bootstrap(
     raise typer.Exit(deploy.bootstrap(env, node, as_json=as_json))
 
 
+@nodes_app.command("provision-ctl-user")
+def nodes_provision_ctl_user(
+    env: Annotated[str, typer.Option("--env", help="The environment whose nodes get the account.")],
+    node: Annotated[str | None, typer.Option("--node", help="Only this node.")] = None,
+    failures_only: Annotated[
+        bool, typer.Option("--failures-only", help="Show only the self-test's failed checks.")
+    ] = False,
+    as_json: AsJson = False,
+) -> None:
+    """Create or update the system-control user (sudo rules for the node's units only), then self-test
+    it on each node; a second run changes nothing and says so."""
+    from conveyor.cli import ctl  # noqa: PLC0415
+
+    raise typer.Exit(ctl.provision(env, node, as_json=as_json, failures_only=failures_only))
+
+
+@nodes_app.command("remove-ctl-user")
+def nodes_remove_ctl_user(
+    env: Annotated[str, typer.Option("--env", help="The environment whose nodes lose the account.")],
+    node: Annotated[str | None, typer.Option("--node", help="Only this node.")] = None,
+    as_json: AsJson = False,
+) -> None:
+    """Remove the system-control user, its sudo rules, keys, forced command and polkit rule."""
+    from conveyor.cli import ctl  # noqa: PLC0415
+
+    raise typer.Exit(ctl.remove(env, node, as_json=as_json))
+
+
 @nodes_app.command("check")
 def nodes_check(env: Annotated[str | None, typer.Option("--env")] = None, as_json: AsJson = False) -> None:
-    """One row per node over SSH: reachable, latency, OS, kernel, free disk, agents."""
+    """One row per node over SSH: reachable, latency, OS, kernel, free disk, agents, and whether the
+    system-control user is there and passes its self-test."""
     from conveyor.cli import deploy  # noqa: PLC0415
 
     raise typer.Exit(deploy.check(env, as_json=as_json))
