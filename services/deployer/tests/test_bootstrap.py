@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import secrets
 import stat
 import subprocess
 import sys
@@ -32,6 +33,9 @@ from conveyor_deployer.bootstrap import (
     trusted_key_lines,
 )
 from conveyor_deployer.config import Settings
+from conveyor_deployer.ctlcheck import provision as provision_ctl_user
+from conveyor_deployer.ctlcheck import remove as remove_ctl_user
+from conveyor_deployer.ctluser import CtlPlan
 from conveyor_deployer.inventory import Inventory, Node
 from conveyor_deployer.nodes import NodeAccess
 
@@ -97,7 +101,9 @@ def node_access(tmp_path: Path, deployer: Deployer, **node: Any) -> tuple[NodeAc
         state_dir=tmp_path / "state",
     )
     announced: list[tuple[str, Payload]] = []
-    access = NodeAccess(settings, inventory, lambda env, payload: announced.append((env, payload)))
+    access = NodeAccess(
+        settings, inventory, lambda env, payload, actor=None: announced.append((env, payload))
+    )
     return access, inventory.node(deployer.node.name)[1]
 
 
@@ -151,10 +157,19 @@ async def test_bootstrap_under_supervisord_runs_the_agents_changes_nothing_twice
         supervisor_include=str(include),
         supervisorctl=str(Path(sys.executable).parent / "supervisorctl"),
         pip_env={"PIP_CACHE_DIR": PIP_CACHE},
+        control_user=f"cvb-{secrets.token_hex(5)}",
+    )
+    # the system-control user first, as `conveyor nodes bootstrap` does: the listener restarts through it
+    assert plan.control_user is not None
+    ctl_plan = CtlPlan(
+        account=plan.control_user, supervisorctl=plan.supervisorctl, supervisor_conf=plan.supervisor_conf
     )
     with supervisor:
         try:
             await access.trust(node.name, deployer.node.host_key_fingerprint, replace=False)
+            [ctl] = await provision_ctl_user(access, "qa", ctl_plan)
+            assert ctl.error is None, ctl.error
+            assert ctl.self_test_passed, [row for row in ctl.self_test if not row["ok"]]
 
             started = time.monotonic()
             first = await bootstrap(access, node, "qa", wheels=wheels, plan=plan)
@@ -187,6 +202,8 @@ async def test_bootstrap_under_supervisord_runs_the_agents_changes_nothing_twice
             assert values["CONVEYOR_CHANGELOG_LISTENER_NODE"] == "qa-web-1"
             assert values["CONVEYOR_CHANGELOG_LISTENER_SUPERVISORCTL_CONFIG"] == str(supervisor.config_path)
             assert values["CONVEYOR_CHANGELOG_LISTENER_ARTIFACT_STORE_TOKEN"] == "reader-token"
+            assert values["CONVEYOR_CHANGELOG_LISTENER_CONTROL_USER"] == plan.control_user
+            assert values["CONVEYOR_CHANGELOG_LISTENER_SUPERVISORCTL"] == plan.supervisorctl
             packages = (await get(plan.listener_http_port, "/packages")).json()
             assert {p["name"]: (p["role"], p["root"]) for p in packages} == {
                 "web": ("target", str(web_root)),
@@ -223,6 +240,7 @@ async def test_bootstrap_under_supervisord_runs_the_agents_changes_nothing_twice
             assert (revived.error, revived.changed, revived.started) == (None, [], [FIREWALL_AGENT])
             assert supervisor.status(FIREWALL_AGENT) == "RUNNING"
         finally:
+            await remove_ctl_user(access, "qa", ctl_plan)
             await access.close()
 
 

@@ -448,3 +448,35 @@ def test_the_polkit_rule_allows_exactly_the_units_and_verbs(tmp_path: Path) -> N
     )
     done = subprocess.run([node_js, str(script)], capture_output=True, text=True, check=True, timeout=30)
     assert done.stdout.split() == [case[4] for case in cases]
+
+
+async def test_the_polkit_rule_is_installed_where_polkit_is_and_removed_when_turned_off(world: World) -> None:
+    account = world.account()
+    access = world.access()
+    polkit_dir = Path("/etc/polkit-1")
+    made = not await asyncio.to_thread(polkit_dir.exists)  # made here: removed again afterwards
+    plan = world.plan(account, remote_key=None, polkit=True)
+    rule = Path(plan.polkit_file)
+    try:
+        if made:  # no polkit on this machine: provisioning says it skipped the rule
+            [skipped] = await provision(access, "qa", plan)
+            assert skipped.error is None, skipped.error
+            assert skipped.skipped == ["polkit rule: polkit is not installed (no /etc/polkit-1/rules.d)"]
+        await asyncio.to_thread((polkit_dir / "rules.d").mkdir, parents=True, exist_ok=True)
+        [first] = await provision(access, "qa", plan)
+        assert first.error is None, first.error
+        assert "polkit rule" in first.changed
+        node = access.inventory.node("qa-web-1")[1]
+        assert await asyncio.to_thread(rule.read_text) == render_polkit(node, plan)
+        info = await asyncio.to_thread(rule.stat)
+        assert (info.st_uid, info.st_gid, info.st_mode & 0o777) == (0, 0, 0o644)
+        [again] = await provision(access, "qa", plan)
+        assert again.unchanged
+        [off] = await provision(access, "qa", world.plan(account, remote_key=None))
+        assert off.changed == ["polkit rule removed"]
+        assert not await asyncio.to_thread(rule.exists)
+    finally:
+        await remove(access, "qa", plan)
+        await access.close()
+        if made:
+            await asyncio.to_thread(shutil.rmtree, polkit_dir, ignore_errors=True)
