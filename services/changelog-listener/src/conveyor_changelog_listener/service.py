@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from conveyor.bus import Bus
+from conveyor.bus.journal import Journal
 from conveyor.bus.outbox import Outbox
 from conveyor.changeset import ArtifactStore
 from conveyor.contracts import ChangesetApply, ChangesetFailed, Envelope, NodeHeartbeat, Payload
@@ -20,7 +21,7 @@ from conveyor_changelog_listener import __version__
 from conveyor_changelog_listener.config import Role, Settings
 from conveyor_changelog_listener.control import unit_control
 from conveyor_changelog_listener.source import Source
-from conveyor_changelog_listener.state import Journal, Marks
+from conveyor_changelog_listener.state import Marks
 from conveyor_changelog_listener.target import Target
 
 __all__ = ["Listener"]
