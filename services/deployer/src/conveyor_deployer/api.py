@@ -272,7 +272,9 @@ def _node_routes(router: APIRouter, deployer: Deployer, settings: Settings) -> N
                 remote_check=settings.ctl_remote,
             )
         except KeyError as exc:
-            raise HTTPException(404, f"{exc.args[0]} (AGENT_ENVS must name every environment)") from None
+            missing = str(exc.args[0])
+            hint = "" if missing.startswith("no node") else " (AGENT_ENVS must name every environment)"
+            raise HTTPException(404, missing + hint) from None
         except (ValueError, FileNotFoundError, CtlError) as exc:
             raise HTTPException(409, str(exc)) from None
 

@@ -317,7 +317,7 @@ def bootstrap(env: str, node: str | None, *, as_json: bool) -> int:
                     "-"
                     if not ctl
                     else (", ".join(ctl["changed"]) or "unchanged")
-                    + ("" if ctl["self_test_passed"] else " [red](self-test failed)[/]"),
+                    + (" [red](self-test failed)[/]" if ctl["self_test_passed"] is False else ""),
                     result,
                     ", ".join(r["changed"]),
                     ", ".join(r["started"]),
