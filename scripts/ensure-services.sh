@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Make sure the services Conveyor's demo and tests use are installed and running:
-# RabbitMQ with its management plugin, MariaDB, the sshd binary, sudo and Node.js. Idempotent; used by
-# `make demo`, `make test` and .ci/run.
+# RabbitMQ with its management plugin, MariaDB, the sshd binary, sudo, Node.js and the firewall tools.
+# Idempotent; used by `make demo`, `make test` and .ci/run.
 set -euo pipefail
 
 log() { printf '\n==> %s\n' "$*"; }
@@ -61,3 +61,28 @@ install -d -m 0755 /run/sshd
 command -v visudo >/dev/null 2>&1 || apt_install sudo
 # Node.js runs the generated polkit rule in its test (no polkitd without systemd here).
 command -v node >/dev/null 2>&1 || apt_install nodejs
+
+# -- firewall tools (the firewall agent's backends are tested inside network namespaces) -------------
+# nft, iptables-nft and iptables-legacy (the iptables package has both), ufw, and firewalld with a
+# dbus-daemon; the tests run each against a namespace's own firewall, never this machine's. firewalld's
+# package enables and starts its service under systemd, which would put this machine behind its default
+# zone: the unit is masked first (no start, no D-Bus activation, not at boot), and policy-rc.d refuses
+# service starts during the install where there is no systemd.
+command -v nft >/dev/null 2>&1 || apt_install nftables
+if ! command -v iptables-nft >/dev/null 2>&1 || ! command -v iptables-legacy >/dev/null 2>&1; then
+    apt_install iptables
+fi
+command -v ufw >/dev/null 2>&1 || apt_install ufw
+if ! command -v firewalld >/dev/null 2>&1 || ! command -v dbus-daemon >/dev/null 2>&1; then
+    if [ -d /run/systemd/system ]; then systemctl mask firewalld.service; fi
+    if [ -e /usr/sbin/policy-rc.d ]; then
+        apt_install firewalld dbus-daemon
+    else
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+        chmod 0755 /usr/sbin/policy-rc.d
+        trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+        apt_install firewalld dbus-daemon
+        rm -f /usr/sbin/policy-rc.d
+        trap - EXIT
+    fi
+fi
