@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
 import signal
 import subprocess
@@ -221,6 +222,23 @@ class Estate:
         wait_healthy(node.port, node.process, timeout=30)
 
     # -- the API -------------------------------------------------------------------------
+
+    def cli(self, *args: str, user: str = "admin") -> subprocess.CompletedProcess[str]:
+        """``conveyor ARGS`` against this estate's deployer, as ``user``."""
+        env = {
+            **os.environ,
+            "CONVEYOR_DEPLOYER_URL": self.deployer_url,
+            "CONVEYOR_DEPLOYER_TOKEN": USERS[user],
+            "COLUMNS": "250",
+        }
+        return subprocess.run(
+            [str(Path(sys.executable).parent / "conveyor"), *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=300,
+        )
 
     def api(self, method: str, path: str, *, user: str = "ada", body: Any = None) -> httpx.Response:
         return httpx.request(

@@ -6,13 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import pwd
 import secrets
 import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,7 +20,7 @@ from conveyor.testing.services import RabbitEndpoint
 from conveyor.testing.sshd import SSHD_PATH, SshNode, client_key
 from conveyor.testing.tap import EventTap
 
-from .deploy_world import PACKAGE, READER_TOKEN, SOURCE, USERS, Estate, build_estate, first_release
+from .deploy_world import PACKAGE, READER_TOKEN, SOURCE, Estate, build_estate, first_release
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -144,23 +141,6 @@ async def test_agentless_nodes_are_trusted_deployed_over_ssh_retried_and_refused
     assert keys["qa-a1"]["state"] == "changed"
 
 
-def conveyor(world: Estate, *args: str, user: str = "admin") -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "CONVEYOR_DEPLOYER_URL": world.deployer_url,
-        "CONVEYOR_DEPLOYER_TOKEN": USERS[user],
-        "COLUMNS": "200",
-    }
-    return subprocess.run(
-        [str(Path(sys.executable).parent / "conveyor"), *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
-    )
-
-
 def audit(world: Estate, action: str) -> list[dict[str, Any]]:
     response = httpx.get(
         f"{world.store_url}/audit",
@@ -186,14 +166,12 @@ async def test_the_system_control_user_is_provisioned_checked_audited_and_remove
         trusted = await asyncio.to_thread(world.api, "POST", "/nodes/qa-a2/trust", user="admin", body=body)
         assert trusted.status_code == 200, trusted.text
 
-    refused = await asyncio.to_thread(
-        conveyor, world, "nodes", "provision-ctl-user", "--env", "qa", user="ada"
-    )
+    refused = await asyncio.to_thread(world.cli, "nodes", "provision-ctl-user", "--env", "qa", user="ada")
     assert refused.returncode != 0  # an admin's call
     assert "403" in refused.stdout + refused.stderr or "admin" in refused.stdout + refused.stderr
 
     done = await asyncio.to_thread(
-        conveyor, world, "nodes", "provision-ctl-user", "--env", "qa", "--node", "qa-a2", "--json"
+        world.cli, "nodes", "provision-ctl-user", "--env", "qa", "--node", "qa-a2", "--json"
     )
     assert done.returncode == 0, done.stdout + done.stderr
     [row] = json.loads(done.stdout)
@@ -204,7 +182,7 @@ async def test_the_system_control_user_is_provisioned_checked_audited_and_remove
     assert any(r["check"] == "ssh: sh -c id" and r["ok"] for r in row["self_test"])  # CTL_REMOTE
     assert await asyncio.to_thread(pwd.getpwnam, CTL_ACCOUNT)
     shown = await asyncio.to_thread(
-        conveyor, world, "nodes", "provision-ctl-user", "--env", "qa", "--node", "qa-a2"
+        world.cli, "nodes", "provision-ctl-user", "--env", "qa", "--node", "qa-a2"
     )
     assert shown.returncode == 0, shown.stdout + shown.stderr
     assert "nothing (already as planned)" in shown.stdout
@@ -215,7 +193,7 @@ async def test_the_system_control_user_is_provisioned_checked_audited_and_remove
     assert ctl["qa-a2"] == {"account": CTL_ACCOUNT, "present": True, "self_test": "passed", "failures": []}
 
     removed = await asyncio.to_thread(
-        conveyor, world, "nodes", "remove-ctl-user", "--env", "qa", "--node", "qa-a2", "--json"
+        world.cli, "nodes", "remove-ctl-user", "--env", "qa", "--node", "qa-a2", "--json"
     )
     assert removed.returncode == 0, removed.stdout + removed.stderr
     assert "account" in json.loads(removed.stdout)[0]["changed"]

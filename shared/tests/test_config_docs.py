@@ -45,6 +45,8 @@ def different(current: object, name: str) -> str:
     if isinstance(current, float):
         return str(current + 1.5)
     if isinstance(current, dict):
+        if name == "firewall_policy":
+            return '{"qa": {"roles": ["admin"], "max_lease_s": 60}}'
         if name == "users":
             return '{"ada": {"token": "a-token", "role": "deployer"}}'
         return '{"reader": ["a-token"]}' if name == "api_tokens" else '{"dev": "amqp://u:p@h/x"}'
@@ -53,6 +55,8 @@ def different(current: object, name: str) -> str:
             return '[{"name": "web", "root": "/srv/web", "role": "target"}]'
         if name == "ctl_sudo_defaults":
             return '["log_output"]'
+        if name == "allowed_roles":
+            return '["admin"]'
         return "[0.5]"
     named = {
         "log_level": "debug",
@@ -60,6 +64,7 @@ def different(current: object, name: str) -> str:
         "http_host": "0.0.0.0",
         "service_manager": "none",
         "control_user": "x-ctl",
+        "backend": "nftables",
         "ctl_account": "x-ctl",
         "ctl_systemctl": "/bin/systemctl",
         "ctl_supervisorctl": "/usr/local/bin/supervisorctl",

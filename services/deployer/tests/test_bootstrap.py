@@ -219,20 +219,25 @@ async def test_bootstrap_under_supervisord_runs_the_agents_changes_nothing_twice
             assert again == BootstrapReport(node.name, changed=[], started=[], unchanged=True, error=None)
             assert {agent: supervisor.pid(agent) for agent in pids} == pids
 
-            # a key rotation: the listener trusts both keys and was restarted for it, the firewall agent not
+            # a key rotation: both agents trust both keys and were restarted for it
             rotated = dataclasses.replace(
                 plan, trusted_keys=[key.public_key_text(), next_key.public_key_text()]
             )
             rotation = await bootstrap(access, node, "qa", wheels=wheels, plan=rotated)
             assert rotation.error is None, rotation.error
             assert rotation.changed == ["trusted keys"]
-            assert rotation.started == [LISTENER]
+            assert sorted(rotation.started) == [LISTENER, FIREWALL_AGENT]
             trusted = TrustedKeys.load(prefix / "etc" / "trusted-keys")
             assert {key.key_id, next_key.key_id} <= {k.key_id for k in trusted}
-            supervisor.wait_state(LISTENER, "RUNNING", timeout=30)
-            assert supervisor.pid(LISTENER) != pids[LISTENER]
-            assert supervisor.pid(FIREWALL_AGENT) == pids[FIREWALL_AGENT]
+            for agent in (LISTENER, FIREWALL_AGENT):
+                supervisor.wait_state(agent, "RUNNING", timeout=30)
+                assert supervisor.pid(agent) != pids[agent]
             assert await healthz(plan.listener_http_port) == 200
+            assert await healthz(plan.firewall_http_port) == 200
+            firewall_env = env_values(prefix / "etc" / "firewall-agent.env")
+            assert firewall_env["CONVEYOR_FIREWALL_AGENT_TRUSTED_KEYS_FILE"] == str(
+                prefix / "etc" / "trusted-keys"
+            )
 
             # an agent that stopped is started again, without anything else changing
             supervisor.ctl("stop", FIREWALL_AGENT)
@@ -358,8 +363,11 @@ async def test_bootstrap_under_systemd_writes_units_and_restarts_only_what_chang
 
         rotated = dataclasses.replace(plan, trusted_keys=[key.public_key_text(), next_key.public_key_text()])
         rotation = await bootstrap(access, node, "qa", wheels=[], plan=rotated)
-        assert (rotation.error, rotation.changed, rotation.started) == (None, ["trusted keys"], [LISTENER])
-        assert recorded() == [f"restart {LISTENER}.service"]
+        assert (rotation.error, rotation.changed) == (None, ["trusted keys"])
+        assert sorted(rotation.started) == [LISTENER, FIREWALL_AGENT]
+        assert sorted(recorded()) == sorted(
+            [f"restart {FIREWALL_AGENT}.service", f"restart {LISTENER}.service"]
+        )
 
         # the firewall agent is no longer wanted: disabled, stopped and its unit removed
         dropped = await bootstrap(

@@ -11,7 +11,7 @@ import asyncio
 import hmac
 from collections.abc import Callable
 from dataclasses import asdict
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
@@ -28,6 +28,7 @@ from conveyor_deployer.bootstrap import (
 from conveyor_deployer.config import Role, Settings
 from conveyor_deployer.ctlcheck import plan_from_settings, provision, remove, status
 from conveyor_deployer.ctluser import CtlError, CtlReport
+from conveyor_deployer.firewall import FirewallRefused
 from conveyor_deployer.nodes import TrustRefused
 from conveyor_deployer.promotions import Promotion
 from conveyor_deployer.service import Deployer, Refused
@@ -100,6 +101,16 @@ Admin = Annotated[Caller, Depends(_need(Role.ADMIN))]
 class BootstrapRequest(BaseModel):
     env: str
     node: str | None = None
+
+
+class FirewallRequestBody(BaseModel):
+    action: Literal["disable", "enable"]
+    servers: list[str] | None = Field(default=None, description="inventory names; unknown ones are reported")
+    env: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    lease_s: int | None = Field(default=None, gt=0, description="disable: how long the firewall stays open")
+    reason: str = Field(min_length=1, max_length=2000)
+    dry_run: bool = False
 
 
 class TrustRequest(BaseModel):
@@ -200,6 +211,7 @@ def api_router(deployer: Deployer, settings: Settings) -> APIRouter:
 
     _node_routes(router, deployer, settings)
     _ctl_routes(router, deployer, settings)
+    _firewall_routes(router, deployer)
     return router
 
 
@@ -351,7 +363,54 @@ def _ctl_routes(router: APIRouter, deployer: Deployer, settings: Settings) -> No
         return [{"env": env, **asdict(r)} for r in reports]
 
 
+def _firewall_routes(router: APIRouter, deployer: Deployer) -> None:
+    """Disabling and restoring node firewalls under the firewall policy; status; audit verification."""
+    control = deployer.firewall
+
+    @router.post("/firewall/requests")
+    async def firewall_request(body: FirewallRequestBody, caller: Reader) -> dict[str, Any]:
+        """Apply the policy, then (unless it is a dry run or awaits approval) send one signed command per
+        node and wait for the answers: a row per server."""
+        return await control.request(
+            caller=caller.name,
+            role=caller.role,
+            action=body.action,
+            servers=body.servers,
+            env=body.env,
+            labels=body.labels,
+            lease_s=body.lease_s,
+            reason=body.reason,
+            dry_run=body.dry_run,
+        )
+
+    @router.post("/firewall/requests/{request_id}/approve")
+    async def firewall_approve(request_id: str, caller: Reader) -> dict[str, Any]:
+        """A second person approves a request the policy holds for approval; it is carried out now."""
+        return await control.approve(request_id, caller=caller.name, role=caller.role)
+
+    @router.get("/firewall/requests/{request_id}")
+    async def firewall_get(request_id: str, caller: Reader) -> dict[str, Any]:
+        del caller
+        return control.get(request_id)
+
+    @router.get("/firewall/status")
+    async def firewall_status(caller: Reader, env: str | None = None) -> list[dict[str, Any]]:
+        """Each node's firewall as its agent last reported it: state, backend, lease, who and why."""
+        del caller
+        return control.status(env)
+
+    @router.get("/firewall/audit/{node}")
+    async def firewall_audit(node: str, caller: Reader) -> dict[str, Any]:
+        """The node's audit log, read over SSH, checked as a chain and against version-db's records."""
+        del caller
+        return await control.verify_audit(node)
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(FirewallRefused)
+    async def firewall_refused(_: Request, exc: FirewallRefused) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=exc.status)
+
     @app.exception_handler(Refused)
     async def refused(_: Request, exc: Refused) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=exc.status)

@@ -513,12 +513,13 @@ exit 0
                 "listener config",
                 (LISTENER,),
             )
+        if self.agents:  # both agents verify their signed commands with these keys
             trusted = TrustedKeys(PublicKey.parse(line) for line in plan.trusted_keys)
             files[plan.trusted_keys_file] = (
                 f"# {_HEADER}\n{trusted.to_text()}".encode(),
                 0o644,
                 "trusted keys",
-                (LISTENER,),
+                tuple(self.agents),
             )
         if FIREWALL_AGENT in self.agents:
             values = {
@@ -527,6 +528,7 @@ exit 0
                 "NODE": self.node.name,
                 "HTTP_PORT": str(plan.firewall_http_port),
                 "STATE_DIR": plan.state_dir(FIREWALL_AGENT),
+                "TRUSTED_KEYS_FILE": plan.trusted_keys_file,
             }
             files[plan.env_file(FIREWALL_AGENT)] = (
                 _env_file("CONVEYOR_FIREWALL_AGENT_", values),

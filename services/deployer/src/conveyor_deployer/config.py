@@ -31,6 +31,26 @@ class User(BaseModel):
     role: Role
 
 
+class FirewallPolicy(BaseModel):
+    """Who may open the firewalls of one environment's nodes, and for how long at most."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    roles: list[Role] = Field(min_length=1, description="roles that may disable (and enable) firewalls here")
+    max_lease_s: int = Field(
+        gt=0, le=7 * 24 * 3600, description="the longest a firewall may stay open, in all"
+    )
+    approvals: int = Field(default=0, ge=0, le=1, description="a second person must approve a disable")
+
+
+def _default_firewall_policy() -> dict[str, FirewallPolicy]:
+    return {
+        "dev": FirewallPolicy(roles=[Role.DEPLOYER, Role.ADMIN], max_lease_s=4 * 3600),
+        "qa": FirewallPolicy(roles=[Role.DEPLOYER, Role.ADMIN], max_lease_s=2 * 3600),
+        "prod": FirewallPolicy(roles=[Role.ADMIN], max_lease_s=30 * 60, approvals=1),
+    }
+
+
 class Settings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="CONVEYOR_DEPLOYER_")
 
@@ -111,6 +131,28 @@ class Settings(ServiceSettings):
     bootstrap_install_timeout_s: float = Field(default=900.0, gt=0, description="pip install on a node")
     bootstrap_health_timeout_s: float = Field(
         default=60.0, ge=0, description="started agents must answer /healthz within this (0: not checked)"
+    )
+    firewall_policy: dict[str, FirewallPolicy] = Field(
+        default_factory=_default_firewall_policy,
+        description='env → {"roles": [...], "max_lease_s": N, "approvals": 0|1} (JSON); an env without an '
+        "entry: every firewall request refused",
+        json_schema_extra={
+            "doc_default": "dev: deployer+admin, 4 h; qa: deployer+admin, 2 h; prod: admin, 30 min, "
+            "1 approval"
+        },
+    )
+    firewall_reply_timeout_s: float = Field(
+        default=20.0,
+        gt=0,
+        description="how long a request waits for each node's answer (the command expires 10 s after)",
+    )
+    firewall_approval_ttl_s: float = Field(
+        default=3600.0, gt=0, description="a firewall request awaiting approval lapses after this"
+    )
+    firewall_audit_file: str = Field(
+        default="/opt/conveyor/state/firewall-agent/audit.jsonl",
+        description="the firewall agent's audit log on the nodes, `{node}` replaced by the node's name "
+        "(`conveyor audit verify` reads it over SSH)",
     )
     ctl_account: str = Field(
         default="conveyor-ctl",

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from conveyor.bus import Consumer, QueueSpec
 from conveyor.contracts import ChangesetApplied, ChangesetCreated, ChangesetFailed, NodeHeartbeat
+from conveyor.contracts.catalogue import FirewallDisabled, FirewallEnabled, FirewallRejected
 from conveyor_deployer.config import Settings
 from conveyor_deployer.service import Deployer
 
@@ -25,5 +26,7 @@ def handlers(deployer: Deployer) -> Callable[[Consumer], None]:
         consumer.on(ChangesetApplied, deployer.on_reply)
         consumer.on(ChangesetFailed, deployer.on_reply)
         consumer.on(NodeHeartbeat, deployer.on_heartbeat)
+        for event in (FirewallDisabled, FirewallEnabled, FirewallRejected):
+            consumer.on(event, deployer.firewall.on_event)
 
     return register

@@ -31,6 +31,7 @@ from conveyor.observability import get_logger
 from conveyor.signing import SigningKey, unsigned_authorization
 from conveyor_deployer.agentless import AgentlessNodes
 from conveyor_deployer.config import Settings
+from conveyor_deployer.firewall import FirewallControl
 from conveyor_deployer.fleet import Fleet
 from conveyor_deployer.inventory import AgentKind, Inventory
 from conveyor_deployer.mirror import Mirror, MirrorGap
@@ -86,6 +87,15 @@ class Deployer(AgentlessNodes):
         self._key: SigningKey | None = None
         self.started_at = datetime.now(UTC)
         self.nodes = NodeAccess(settings, inventory, self._announce)
+        self.firewall = FirewallControl(
+            settings,
+            inventory,
+            buses,
+            self.outboxes,
+            key=lambda: self._key,
+            nodes=self.nodes,
+            announce=self._announce,
+        )
 
     # -- lifecycle -----------------------------------------------------------------------
 

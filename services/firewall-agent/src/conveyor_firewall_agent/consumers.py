@@ -1,18 +1,35 @@
-"""What the firewall-agent consumes. Firewall commands addressed to this node."""
+"""What the firewall-agent consumes: firewall commands addressed to this node."""
 
 from __future__ import annotations
 
-from conveyor.bus import COMMANDS_EXCHANGE, QueueSpec
-from conveyor_firewall_agent.config import Settings
+from collections.abc import Callable
 
-__all__ = ["queues"]
+from conveyor.bus import COMMANDS_EXCHANGE, Consumer, QueueSpec
+from conveyor.contracts.catalogue import FirewallDisable, FirewallEnable
+from conveyor_firewall_agent.config import Settings
+from conveyor_firewall_agent.service import FirewallAgent
+
+__all__ = ["command_handlers", "queue_name", "queues"]
+
+
+def queue_name(settings: Settings) -> str:
+    return f"firewall-agent.{settings.node}.commands"
 
 
 def queues(settings: Settings, env: str) -> list[QueueSpec]:
+    del env
     return [
         QueueSpec(
-            name=f"firewall-agent.{settings.node}.commands",
+            name=queue_name(settings),
             exchange=COMMANDS_EXCHANGE,
             binding_keys=(f"firewall.*.{settings.node}",),
         )
     ]
+
+
+def command_handlers(agent: FirewallAgent) -> Callable[[Consumer], None]:
+    def register(consumer: Consumer) -> None:
+        consumer.on(FirewallDisable, agent.on_disable)
+        consumer.on(FirewallEnable, agent.on_enable)
+
+    return register

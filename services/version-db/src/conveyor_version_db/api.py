@@ -357,13 +357,20 @@ async def audit(
     actor: str | None = None,
     action: str | None = None,
     env: str | None = None,
+    target: str | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
     limit: Limit = 50,
     offset: Offset = 0,
 ) -> Page[AuditOut]:
     query = select(AuditEntry)
-    for column, value in ((AuditEntry.actor, actor), (AuditEntry.action, action), (AuditEntry.env, env)):
+    filters = (
+        (AuditEntry.actor, actor),
+        (AuditEntry.action, action),
+        (AuditEntry.env, env),
+        (AuditEntry.target, target),
+    )
+    for column, value in filters:
         if value is not None:
             query = query.where(column == value)
     if since is not None:

@@ -11,6 +11,8 @@ from typing import Annotated
 
 import typer
 
+from conveyor.cli.firewall import firewall_app
+
 __all__ = ["app", "run"]
 
 app = typer.Typer(
@@ -42,6 +44,7 @@ promotions_app = typer.Typer(
     help="Promotions: list them, show one (live with --watch).", no_args_is_help=True
 )
 app.add_typer(promotions_app, name="promotions")
+app.add_typer(firewall_app, name="firewall")
 nodes_app = typer.Typer(help="The inventory's nodes.", no_args_is_help=True)
 app.add_typer(nodes_app, name="nodes")
 keys_app = typer.Typer(
@@ -627,8 +630,25 @@ def diff_command(
     raise typer.Exit(records.diff(from_env, to_env, as_json=as_json))
 
 
-@app.command("audit")
+audit_app = typer.Typer(help="The audit logs.", invoke_without_command=True)
+app.add_typer(audit_app, name="audit")
+
+
+@audit_app.command("verify")
+def audit_verify(
+    node: Annotated[str, typer.Option("--node", help="The node whose firewall audit log to check.")],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Check a node's firewall audit log (read over SSH): an unbroken hash chain that holds every record
+    version-db has a copy of. Exit 1 when a record was removed or altered."""
+    from conveyor.cli import firewall  # noqa: PLC0415
+
+    raise typer.Exit(firewall.audit_verify(node, as_json=as_json))
+
+
+@audit_app.callback()
 def audit_command(
+    ctx: typer.Context,
     *,
     actor: Annotated[str | None, typer.Option("--actor")] = None,
     action: Annotated[str | None, typer.Option("--action", help="e.g. deployment.requested")] = None,
@@ -638,7 +658,9 @@ def audit_command(
     limit: Annotated[int, typer.Option("--limit", min=1, max=500)] = 50,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Who did what, newest first."""
+    """Who did what, newest first (version-db's audit log); `conveyor audit verify` checks a node's."""
+    if ctx.invoked_subcommand is not None:
+        return
     from conveyor.cli import records  # noqa: PLC0415
 
     filters = {"actor": actor, "action": action, "env": env, "since": since, "until": until, "limit": limit}

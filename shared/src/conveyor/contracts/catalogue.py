@@ -339,6 +339,12 @@ class FirewallDisable(
     node: NodeName
     lease_s: int = Field(gt=0, le=7 * 24 * 3600)
     reason: Text
+    policy_max_s: int | None = Field(
+        default=None,
+        gt=0,
+        description="the policy's maximum: how long the firewall may stay open in all, counted from the "
+        "first disable; a second disable extends the lease only up to it",
+    )
     authorization: CommandAuthorization
 
 
@@ -365,6 +371,9 @@ class FirewallDisabled(Payload, message_type="firewall.disabled"):
     lease_expires_at: AwareDatetime
     reason: Text
     already_disabled: bool = False
+    capped: bool = Field(default=False, description="the lease was shortened to the policy's maximum")
+    audit_seq: int | None = Field(default=None, description="the node's audit log record of this")
+    audit_hash: Sha256 | None = Field(default=None, description="that record's hash (for `audit verify`)")
 
 
 class FirewallEnabled(Payload, message_type="firewall.enabled"):
@@ -374,6 +383,9 @@ class FirewallEnabled(Payload, message_type="firewall.enabled"):
     node: NodeName
     backend: FirewallBackend
     trigger: Literal["requested", "lease_expired", "agent_start"]
+    already_enabled: bool = Field(default=False, description="it was not disabled: nothing was done")
+    audit_seq: int | None = Field(default=None, description="the node's audit log record of this")
+    audit_hash: Sha256 | None = Field(default=None, description="that record's hash (for `audit verify`)")
 
 
 class FirewallRejected(Payload, message_type="firewall.rejected"):
@@ -383,6 +395,12 @@ class FirewallRejected(Payload, message_type="firewall.rejected"):
     node: NodeName
     command: Literal["disable", "enable"]
     reason: Text
+    failed: bool = Field(
+        default=False,
+        description="accepted, but the firewall could not be changed; it was left or put back as it was",
+    )
+    audit_seq: int | None = Field(default=None, description="the node's audit log record of this")
+    audit_hash: Sha256 | None = Field(default=None, description="that record's hash (for `audit verify`)")
 
 
 # -- the bus itself ------------------------------------------------------------
