@@ -7,13 +7,18 @@ package ``.demo/nodes/dev-web-1/web``, ``qa-web-1``, ``qa-web-2`` and
 ``prod-web-1`` holding its releases — and prints their health. Then: an edit
 on dev becomes a version; ada promotes it to qa, then to prod, which needs a
 second person (ada's own approval is refused, grace approves); a second edit
-goes to qa and is rolled back, which blocks it. Everything keeps running until
-Ctrl-C (``--once`` stops right after).
+goes to qa and is rolled back, which blocks it. Last, grace opens the firewall
+of ``qa-web-1`` for a few seconds: the node's firewall is nftables in a network
+namespace the demo makes (run as root with nftables installed; otherwise that
+part is skipped and the firewall agent answers for no node), and its agent
+restores it when the lease ends. Everything keeps running until Ctrl-C
+(``--once`` stops right after).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import secrets
@@ -39,6 +44,8 @@ from conveyor.pkgvcs import Package
 from conveyor.runtime import Health
 from conveyor.settings import DEFAULT_ENVS
 from conveyor.signing import SigningKey
+from conveyor.testing.firewalls import BLOCKED, FirewallSetupError, require, setup_nftables
+from conveyor.testing.netns import NamespaceError, NodeNamespaces
 from conveyor.testing.services import RabbitEndpoint
 
 SERVICES = ("deployer", "version-db", "notifier", "firewall-agent")
@@ -250,6 +257,13 @@ class Deployer:
         answer: dict[str, Any] = response.json()
         return answer
 
+    def ask_list(self, method: str, path: str, user: str) -> list[dict[str, Any]]:
+        response = self.call(method, path, user)
+        if response.is_error:
+            raise SystemExit(f"error: {method} {path} as {user}: {response.status_code} {response.text}")
+        answer: list[dict[str, Any]] = response.json()
+        return answer
+
     def final(self, promotion_id: str, timeout: float = 120) -> dict[str, object]:
         deadline = time.monotonic() + timeout
         while True:
@@ -280,6 +294,58 @@ def edit(text: str, timeout: float = 60) -> str:
             return head
         time.sleep(0.1)
     raise SystemExit("error: the change never reached the deployer (see .demo/*.log)")
+
+
+FIREWALL_NODE = "qa-web-1"
+LEASE_S = 5
+
+
+def firewall_node(stack: contextlib.ExitStack) -> NodeNamespaces | None:
+    """qa-web-1's firewall: nftables with a default-drop input policy in a network namespace of the demo's
+    own, a service on a port it blocks; None (and why) when this machine cannot have it."""
+    try:
+        require("nft")
+        namespaces = stack.enter_context(NodeNamespaces())
+        setup_nftables(namespaces, LOG_DIR)
+        stack.enter_context(namespaces.listen_tcp(BLOCKED))
+    except (FirewallSetupError, NamespaceError) as exc:
+        console.print(f"[yellow]the firewall part is skipped:[/] {exc}")
+        return None
+    return namespaces
+
+
+def firewall_story(deployer: Deployer, namespaces: NodeNamespaces) -> bool:
+    """grace opens qa-web-1's firewall for a few seconds; its agent restores it when the lease ends."""
+    from conveyor.cli.firewall import _show  # noqa: PLC0415 - the CLI's own table
+
+    def state() -> str:
+        return "reachable" if namespaces.reachable(BLOCKED) else "blocked"
+
+    console.print(
+        f"\n[bold]grace opens {FIREWALL_NODE}'s firewall for {LEASE_S} s[/] (port {BLOCKED}: {state()})"
+    )
+    body = {
+        "action": "disable",
+        "servers": [FIREWALL_NODE],
+        "lease_s": LEASE_S,
+        "reason": "demo: look at the service from outside",
+    }
+    answer = deployer.ask("POST", "/firewall/requests", "grace", body)
+    ok = _show(answer, "disable") == 0
+    opened = state()
+    console.print(f"port {BLOCKED} from outside: {opened}")
+    deadline = time.monotonic() + LEASE_S + 20
+    while time.monotonic() < deadline:
+        rows = {r["node"]: r for r in deployer.ask_list("GET", "/firewall/status?env=qa", "ada")}
+        if rows[FIREWALL_NODE]["state"] == "enabled":
+            break
+        time.sleep(0.2)
+    row = rows[FIREWALL_NODE]
+    closed = state()
+    console.print(
+        f"the lease ended: {FIREWALL_NODE} restored its firewall ({row['reason']}); port {BLOCKED}: {closed}"
+    )
+    return ok and opened == "reachable" and row["state"] == "enabled" and closed == "blocked"
 
 
 def story(deployer: Deployer) -> bool:
@@ -360,13 +426,21 @@ def main() -> int:
     (LOG_DIR / "inventory.yaml").write_text(yaml.safe_dump(INVENTORY))
     store_url = f"http://127.0.0.1:{args.base_port + 1}"
     names = [*SERVICES, *(f"changelog-listener {node}" for node in LISTENERS)]
+    stack = contextlib.ExitStack()
+    namespaces = firewall_node(stack)
+    extras: dict[str, dict[str, str]] = {"deployer": {"CONVEYOR_DEPLOYER_ARTIFACT_STORE_URL": store_url}}
+    if namespaces is not None:  # the agent acts on the namespace's firewall, never this machine's
+        extras["firewall-agent"] = {
+            "CONVEYOR_FIREWALL_AGENT_NODE": FIREWALL_NODE,
+            "CONVEYOR_FIREWALL_AGENT_ENV": "qa",
+            "CONVEYOR_FIREWALL_AGENT_NETNS": namespaces.node,
+            "CONVEYOR_FIREWALL_AGENT_TRUSTED_KEYS_FILE": str((NODES_DIR / "trusted-keys").resolve()),
+        }
     services = [
         start(
             name,
             args.base_port + offset,
-            listener_env(name.split(" ")[1], store_url)
-            if " " in name
-            else {"CONVEYOR_DEPLOYER_ARTIFACT_STORE_URL": store_url},
+            listener_env(name.split(" ")[1], store_url) if " " in name else extras.get(name),
         )
         for offset, name in enumerate(names)
     ]
@@ -375,6 +449,10 @@ def main() -> int:
         if not healthy:
             return 1
         travelled = story(Deployer(f"http://127.0.0.1:{args.base_port}"))
+        if namespaces is not None:
+            travelled = (
+                firewall_story(Deployer(f"http://127.0.0.1:{args.base_port}"), namespaces) and travelled
+            )
         time.sleep(0.5)  # version-db records the last replies as they come
         show_versions(args.base_port + 1)
         if args.once:
@@ -393,6 +471,7 @@ def main() -> int:
         return 0 if travelled else 1
     finally:
         stop(services)
+        stack.close()
         console.print(
             "stopped: " + ", ".join(f"{s.name} ({s.process.returncode})" for s in services), soft_wrap=True
         )

@@ -39,7 +39,7 @@ def test_demo_promotes_a_change_dev_to_qa_to_prod_with_an_approval_and_rolls_one
         text=True,
         timeout=120,
         check=False,
-        env={"PATH": "/usr/bin:/bin", "COLUMNS": "200"},
+        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "COLUMNS": "200"},
     )
     assert result.returncode == 0, result.stdout + result.stderr
     for service in SERVICES:
@@ -54,6 +54,10 @@ def test_demo_promotes_a_change_dev_to_qa_to_prod_with_an_approval_and_rolls_one
     assert "promoting it again: 409" in out  # rolled back and blocked
     for node in ("qa-web-1", "qa-web-2", "prod-web-1"):
         assert f"{node} serves: <h1>hello from dev</h1>" in out
+    # qa-web-1's firewall (nftables in the demo's namespace): opened for a lease, restored by its agent
+    assert "grace opens qa-web-1's firewall for 5 s (port 8080: blocked)" in out
+    assert "port 8080 from outside: reachable" in out
+    assert "the lease ended: qa-web-1 restored its firewall (lease expired); port 8080: blocked" in out
     release = tmp_path / ".demo" / "nodes" / "qa-web-2" / "web" / "current" / "index.html"
     assert release.read_text() == "<h1>hello from dev</h1>\n"
     stopped = ", ".join(f"{name} (0)" for name in SERVICES)
