@@ -17,6 +17,7 @@ from conveyor.contracts import ChangesetApply, ChangesetFailed, Envelope, NodeHe
 from conveyor.contracts.catalogue import ApplyStage
 from conveyor.observability import get_logger
 from conveyor.signing import CommandRefused, NonceStore, TrustedKeys, Verifier
+from conveyor.tasks import BackgroundTasks
 from conveyor_changelog_listener import __version__
 from conveyor_changelog_listener.config import Role, Settings
 from conveyor_changelog_listener.control import unit_control
@@ -65,7 +66,7 @@ class Listener:
             env=settings.env,
         )
         self._stop = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._background = BackgroundTasks()
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -73,35 +74,18 @@ class Listener:
         """Clean what an interrupted apply left, then start the background work."""
         for target in self.targets.values():
             await target.recover()
-        self._spawn("outbox", self.outbox.run(self._stop))
-        self._spawn("heartbeat", self._every(self.settings.heartbeat_interval_s, self._heartbeat))
+        self._background.spawn("outbox", self.outbox.run(self._stop))
+        self._background.spawn("heartbeat", self._every(self.settings.heartbeat_interval_s, self._heartbeat))
         if self.targets:
-            self._spawn("drift", self._every(self.settings.rescan_interval_s, self.scan_drift))
+            self._background.spawn("drift", self._every(self.settings.rescan_interval_s, self.scan_drift))
         for source in self.sources.values():
-            self._spawn(f"source:{source.name}", source.run(self._stop))
+            self._background.spawn(f"source:{source.name}", source.run(self._stop))
         log.info("listener_started", targets=list(self.targets), sources=list(self.sources))
 
     async def stop(self) -> None:
         """Stop watching and scanning; an apply in progress finishes first (the consumer waits for it)."""
         self._stop.set()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks.clear()
-
-    def _spawn(self, name: str, work: Awaitable[None]) -> None:
-        async def guarded() -> None:
-            try:
-                await work
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("background_task_crashed", task=name)
-                raise
-
-        self._tasks.append(asyncio.create_task(guarded(), name=name))
+        await self._background.cancel_all()
 
     async def _every(self, interval: float, action: Callable[[], Awaitable[None]]) -> None:
         while not self._stop.is_set():

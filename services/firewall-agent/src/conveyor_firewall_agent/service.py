@@ -35,6 +35,7 @@ from conveyor.contracts.catalogue import (
 )
 from conveyor.observability import get_logger
 from conveyor.signing import CommandRefused, NonceStore, TrustedKeys, Verifier
+from conveyor.tasks import BackgroundTasks
 from conveyor_firewall_agent.backends import BACKENDS, Backend, FirewallError, Runner, detect
 from conveyor_firewall_agent.config import Settings
 from conveyor_firewall_agent.lease import Lease, LeaseStore
@@ -75,7 +76,7 @@ class FirewallAgent:
         self._lock = asyncio.Lock()  # one firewall change at a time
         self._lease_changed = asyncio.Event()
         self._stop = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._background = BackgroundTasks()
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -83,31 +84,14 @@ class FirewallAgent:
         """Settle what a crash or reboot left (restore an expired lease, re-open an active one), then
         watch the lease's expiry."""
         await self._recover()
-        self._spawn("outbox", self.outbox.run(self._stop))
-        self._spawn("lease-expiry", self._expiry_loop())
+        self._background.spawn("outbox", self.outbox.run(self._stop))
+        self._background.spawn("lease-expiry", self._expiry_loop())
         log.info("firewall_agent_started", netns=self.settings.netns, backend=self.settings.backend)
 
     async def stop(self) -> None:
         self._stop.set()
         self._lease_changed.set()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks.clear()
-
-    def _spawn(self, name: str, work: Awaitable[None]) -> None:
-        async def guarded() -> None:
-            try:
-                await work
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("background_task_crashed", task=name)
-                raise
-
-        self._tasks.append(asyncio.create_task(guarded(), name=name))
+        await self._background.cancel_all()
 
     async def _recover(self) -> None:
         async with self._lock:
