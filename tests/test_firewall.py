@@ -310,6 +310,15 @@ async def test_disable_opens_and_enable_restores_exactly_on_every_configuration(
     )
     assert rows(noop)[node.name]["result"] == "already enabled"
 
+    # and when a lease ends, the node restores it by itself
+    short = await asyncio.to_thread(
+        world.cli, "firewall", "disable", "--servers", node.name, "--for", "4s", "--reason", "brief", "--json"
+    )
+    assert rows(short)[node.name]["result"] == "disabled", short.stdout
+    assert await asyncio.to_thread(node.reachable)
+    await until(lambda: not node.reachable(), "not restored when the lease ended", timeout=15)
+    assert await node.listing() == before
+
 
 async def test_the_lease_ends_on_the_node_with_the_broker_and_the_deployer_gone(world: World) -> None:
     node = world.nodes["qa-nftables"]
