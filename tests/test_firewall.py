@@ -312,7 +312,7 @@ async def test_disable_opens_and_enable_restores_exactly_on_every_configuration(
 
     # and when a lease ends, the node restores it by itself
     short = await asyncio.to_thread(
-        world.cli, "firewall", "disable", "--servers", node.name, "--for", "4s", "--reason", "brief", "--json"
+        world.cli, "firewall", "disable", "--servers", node.name, "--for", "6s", "--reason", "brief", "--json"
     )
     assert rows(short)[node.name]["result"] == "disabled", short.stdout
     assert await asyncio.to_thread(node.reachable)
@@ -324,7 +324,7 @@ async def test_the_lease_ends_on_the_node_with_the_broker_and_the_deployer_gone(
     node = world.nodes["qa-nftables"]
     before = await node.listing()
     done = await asyncio.to_thread(
-        world.cli, "firewall", "disable", "--servers", node.name, "--for", "4s", "--reason", "short", "--json"
+        world.cli, "firewall", "disable", "--servers", node.name, "--for", "6s", "--reason", "short", "--json"
     )
     assert rows(done)[node.name]["result"] == "disabled", done.stdout
     expires = datetime.fromisoformat(rows(done)[node.name]["lease_expires_at"])
@@ -355,7 +355,7 @@ async def test_an_agent_killed_during_a_lease_restores_at_start_after_the_expiry
     node = world.nodes["qa-iptables-nft"]
     before = await node.listing()
     done = await asyncio.to_thread(
-        world.cli, "firewall", "disable", "--servers", node.name, "--for", "3s", "--reason", "crash", "--json"
+        world.cli, "firewall", "disable", "--servers", node.name, "--for", "6s", "--reason", "crash", "--json"
     )
     assert rows(done)[node.name]["result"] == "disabled", done.stdout
     expires = datetime.fromisoformat(rows(done)[node.name]["lease_expires_at"])
