@@ -144,7 +144,8 @@ class Settings(ServiceSettings):
     firewall_reply_timeout_s: float = Field(
         default=20.0,
         gt=0,
-        description="how long a request waits for each node's answer (the command expires 10 s after)",
+        le=600,
+        description="how long a request waits for each node's answer; its commands expire then (plus skew)",
     )
     firewall_approval_ttl_s: float = Field(
         default=3600.0, gt=0, description="a firewall request awaiting approval lapses after this"

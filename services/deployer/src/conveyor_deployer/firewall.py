@@ -276,6 +276,7 @@ class FirewallControl:
                     lease_s=request.lease_s,
                     reason=request.reason,
                     policy_max_s=policy_max[env_name],
+                    approved_by=request.approved_by,
                     authorization=unsigned_authorization(),
                 )
             else:
@@ -292,7 +293,7 @@ class FirewallControl:
                     command, actor=request.requested_by, correlation_id=uuid.UUID(request.id)
                 ),
                 role=request.role,
-                ttl_s=self.settings.firewall_reply_timeout_s + 10,
+                ttl_s=self.settings.firewall_reply_timeout_s,
             )
             self.outboxes[env_name].put(envelope)
             waits.append(self._answer(request, env_name, node, future))
@@ -310,8 +311,8 @@ class FirewallControl:
         except TimeoutError:
             return row | {
                 "result": "unreachable",
-                "detail": f"no answer within {self.settings.firewall_reply_timeout_s:g}s; the command "
-                "expires unused if the node gets it later",
+                "detail": f"no answer within {self.settings.firewall_reply_timeout_s:g}s; its command "
+                "expired then (the node allows 60 s of clock skew) and a node that gets it later refuses it",
             }
         finally:
             self._waiters.pop((request.id, node), None)
@@ -319,7 +320,7 @@ class FirewallControl:
         if isinstance(event, FirewallDisabled):
             result = "already disabled, lease extended" if event.already_disabled else "disabled"
             if event.capped:
-                result += " (capped at the policy's maximum)"
+                result += " (capped at the maximum)"
             return row | {
                 "result": result,
                 "detail": "",
@@ -359,6 +360,13 @@ class FirewallControl:
                 "reason": {"requested": "requested", "lease_expired": "lease expired"}.get(
                     event.trigger, "restored at agent start"
                 ),
+                "updated_at": now,
+            }
+        elif isinstance(event, FirewallRejected) and event.failed:  # the agent says how it left it
+            state[event.node] = {
+                **state.get(event.node, {}),
+                "state": "unknown (a change failed)",
+                "reason": event.reason[:300],
                 "updated_at": now,
             }
         self._save_states(state)

@@ -95,7 +95,11 @@ class FirewallAgent:
 
     async def _recover(self) -> None:
         async with self._lock:
-            lease = self.leases.load()
+            try:
+                lease = self.leases.load()
+            except ValueError as exc:  # the agent still starts: commands get a clear refusal, status says so
+                log.error("lease_unreadable", error=str(exc))
+                return
             if lease is None:
                 if self.leases.snapshot() is not None:  # saved, but the lease was never written: not opened
                     self.leases.clear()
@@ -149,6 +153,7 @@ class FirewallAgent:
             record |= {
                 "message_id": str(envelope.id),
                 "actor": envelope.actor,
+                "approved_by": getattr(payload, "approved_by", None),
                 "role": auth.role if auth is not None else None,
                 "request_id": str(payload.request_id),
                 "request_reason": payload.reason,
@@ -390,35 +395,47 @@ class FirewallAgent:
         return True
 
     async def _expiry_loop(self) -> None:
-        """Restore when the lease ends, by this node's clock, whatever the broker or the deployer do."""
+        """Restore when the lease ends, by this node's clock, whatever the broker or the deployer do;
+        an unexpected error (a full disk, say) is logged and the loop goes on after a pause."""
         while not self._stop.is_set():
-            self._lease_changed.clear()
             try:
-                lease = self.leases.load()
-            except ValueError as exc:
-                log.error("lease_unreadable", error=str(exc))
-                lease = None
-            wait: float | None = None
-            if lease is not None:
-                left = (lease.expires_at - _now()).total_seconds()
-                if left <= 0:
-                    async with self._lock:
-                        current = self.leases.load()
-                        done = current is None or current.expires_at > _now()
-                        if not done and current is not None:
-                            done = await self._restore_expired(current, "lease_expired")
-                    wait = None if done else self.settings.restore_retry_s
-                    if done:
-                        continue
-                else:
-                    wait = min(left, 60.0)  # the clock may be set meanwhile: look again at least every minute
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._lease_changed.wait(), wait)
+                await self._expiry_round()
+            except Exception:
+                log.exception("lease_expiry_round_failed")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), self.settings.restore_retry_s)
+
+    async def _expiry_round(self) -> None:
+        """One look at the lease: restore it if it ended, else wait until it ends or changes."""
+        self._lease_changed.clear()
+        try:
+            lease = self.leases.load()
+        except ValueError as exc:  # nothing to restore from automatically: said once per change
+            log.error("lease_unreadable", error=str(exc))
+            lease = None
+        wait: float | None = None  # no lease: until one is written
+        if lease is not None:
+            left = (lease.expires_at - _now()).total_seconds()
+            if left > 0:
+                wait = min(left, 60.0)  # the clock may be set meanwhile: look again at least every minute
+            else:
+                async with self._lock:
+                    current = self.leases.load()
+                    if current is None or current.expires_at > _now():
+                        return  # restored or extended meanwhile
+                    if await self._restore_expired(current, "lease_expired"):
+                        return
+                wait = self.settings.restore_retry_s
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._lease_changed.wait(), wait)
 
     # -- status --------------------------------------------------------------------------
 
     def describe(self) -> dict[str, Any]:
-        lease = self.leases.load()
+        try:
+            lease = self.leases.load()
+        except ValueError as exc:
+            return {"node": self.settings.node, "state": "unknown", "error": str(exc), "lease": None}
         return {
             "node": self.settings.node,
             "state": "disabled" if lease is not None else "enabled",

@@ -93,6 +93,12 @@ def _show(response: dict[str, Any], action: str) -> int:
             f"request {response['id']} awaits approval by another person: "
             f"conveyor firewall approve {response['id']}"
         )
+    return _exit_code(response, action)
+
+
+def _exit_code(response: dict[str, Any], action: str) -> int:
+    """0 when every target reached the requested state (a dry run: would be allowed; awaiting approval:
+    asked correctly), else 1."""
     if response["state"] == "dry_run":
         return 0 if response["allowed"] and not response["unknown"] else 1
     if response["state"] == "awaiting_approval":
@@ -108,7 +114,7 @@ def _request(action: str, body: dict[str, Any], *, as_json: bool) -> int:
         response = _call("POST", "/firewall/requests", body={"action": action, **body}, timeout=300)
         if as_json:
             print(json.dumps(response, indent=2))
-            return 0 if response["state"] in ("done", "dry_run", "awaiting_approval") else 1
+            return _exit_code(response, action)
         return _show(response, action)
 
     return _guard(run)
@@ -190,7 +196,7 @@ def approve(
         response = _call("POST", f"/firewall/requests/{request_id}/approve", timeout=300)
         if as_json:
             print(json.dumps(response, indent=2))
-            return 0
+            return _exit_code(response, response["action"])
         return _show(response, response["action"])
 
     raise typer.Exit(_guard(run))

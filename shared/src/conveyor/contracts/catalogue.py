@@ -345,6 +345,9 @@ class FirewallDisable(
         description="the policy's maximum: how long the firewall may stay open in all, counted from the "
         "first disable; a second disable extends the lease only up to it",
     )
+    approved_by: Annotated[str, StringConstraints(min_length=1, max_length=200)] | None = Field(
+        default=None, description="the second person, where the policy asks for one"
+    )
     authorization: CommandAuthorization
 
 
@@ -371,7 +374,7 @@ class FirewallDisabled(Payload, message_type="firewall.disabled"):
     lease_expires_at: AwareDatetime
     reason: Text
     already_disabled: bool = False
-    capped: bool = Field(default=False, description="the lease was shortened to the policy's maximum")
+    capped: bool = Field(default=False, description="the lease was shortened to the maximum (policy or node)")
     audit_seq: int | None = Field(default=None, description="the node's audit log record of this")
     audit_hash: Sha256 | None = Field(default=None, description="that record's hash (for `audit verify`)")
 
@@ -397,7 +400,8 @@ class FirewallRejected(Payload, message_type="firewall.rejected"):
     reason: Text
     failed: bool = Field(
         default=False,
-        description="accepted, but the firewall could not be changed; it was left or put back as it was",
+        description="accepted, but the firewall could not be changed as asked; the reason says how it was "
+        "left (put back as it was, or still open with the agent retrying the restore)",
     )
     audit_seq: int | None = Field(default=None, description="the node's audit log record of this")
     audit_hash: Sha256 | None = Field(default=None, description="that record's hash (for `audit verify`)")
