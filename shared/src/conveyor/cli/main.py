@@ -52,6 +52,8 @@ keys_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(keys_app, name="keys")
+notify_app = typer.Typer(help="The notifier's routing rules.", no_args_is_help=True)
+app.add_typer(notify_app, name="notify")
 
 PackagePath = Annotated[str | None, typer.Option("--path", "-C", help="The package (default: here).")]
 
@@ -665,6 +667,24 @@ def audit_command(
 
     filters = {"actor": actor, "action": action, "env": env, "since": since, "until": until, "limit": limit}
     raise typer.Exit(records.audit(filters, as_json=as_json))
+
+
+@notify_app.command("test")
+def notify_test(
+    rules: Annotated[str, typer.Option("--rules", help="The notifier's rules file (YAML).")],
+    event: Annotated[str, typer.Option("--event", help="An event envelope as JSON; '-' reads stdin.")],
+    labels: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--labels", help="A node's inventory labels: NODE=KEY=VALUE[,KEY=VALUE...]; repeatable."
+        ),
+    ] = None,
+    as_json: AsJson = False,
+) -> None:
+    """Which rules match an event, its receivers, group key, timing and escalation; sends nothing."""
+    from conveyor.cli import notify  # noqa: PLC0415
+
+    raise typer.Exit(notify.run_test(rules, event, labels=labels or [], as_json=as_json))
 
 
 def run() -> None:
