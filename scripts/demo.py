@@ -296,6 +296,13 @@ def edit(text: str, timeout: float = 60) -> str:
     raise SystemExit("error: the change never reached the deployer (see .demo/*.log)")
 
 
+NOTIFIER_RULES = """\
+# The demo's notifications go to the notifier's log (.demo/notifier.log), grouped per deployment.
+receivers:
+  log: {kind: log}
+default_receiver: log
+rules: []
+"""
 FIREWALL_NODE = "qa-web-1"
 LEASE_S = 5
 
@@ -428,7 +435,16 @@ def main() -> int:
     names = [*SERVICES, *(f"changelog-listener {node}" for node in LISTENERS)]
     stack = contextlib.ExitStack()
     namespaces = firewall_node(stack)
-    extras: dict[str, dict[str, str]] = {"deployer": {"CONVEYOR_DEPLOYER_ARTIFACT_STORE_URL": store_url}}
+    (LOG_DIR / "notifier-rules.yaml").write_text(NOTIFIER_RULES)
+    extras: dict[str, dict[str, str]] = {
+        "deployer": {"CONVEYOR_DEPLOYER_ARTIFACT_STORE_URL": store_url},
+        "notifier": {
+            "CONVEYOR_NOTIFIER_RULES_FILE": str((LOG_DIR / "notifier-rules.yaml").resolve()),
+            # its own database, not version-db's
+            "CONVEYOR_NOTIFIER_DATABASE_URL": "sqlite+aiosqlite:///"
+            + str((LOG_DIR / "notifier.sqlite3").resolve()),
+        },
+    }
     if namespaces is not None:  # the agent acts on the namespace's firewall, never this machine's
         extras["firewall-agent"] = {
             "CONVEYOR_FIREWALL_AGENT_NODE": FIREWALL_NODE,

@@ -45,7 +45,10 @@ def start(
     service: str, url: str, port: int, tmp_path: Path, *, extra: dict[str, str] | None = None
 ) -> tuple[subprocess.Popen[bytes], Path]:
     prefix = f"CONVEYOR_{service.upper().replace('-', '_')}_"
+    rules = tmp_path / "notifier-rules.yaml"  # the notifier refuses to start without rules
+    rules.write_text("receivers: {log: {kind: log}}\ndefault_receiver: log\nrules: []\n")
     env = {
+        f"{prefix}RULES_FILE": str(rules),
         # version-db keeps its database and archives in the test's directory
         f"{prefix}DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / (service + '.sqlite3')}",
         f"{prefix}ARTIFACTS_DIR": str(tmp_path / "artifacts"),

@@ -22,11 +22,12 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 def _tables(connection: Connection) -> set[str]:
-    return set(inspect(connection).get_table_names()) - {"alembic_version"}
+    return set(inspect(connection).get_table_names()) - {"alembic_version_notifier"}
 
 
 def _differences(connection: Connection) -> list[object]:
-    return list(compare_metadata(MigrationContext.configure(connection), Base.metadata))
+    context = MigrationContext.configure(connection, opts={"version_table": "alembic_version_notifier"})
+    return list(compare_metadata(context, Base.metadata))
 
 
 async def test_the_schema_migrates_and_matches_the_models(database_url: str) -> None:

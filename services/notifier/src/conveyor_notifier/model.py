@@ -31,7 +31,7 @@ class Severity(StrEnum):
 # Event type → severity; anything else is info. Alerts (open until acknowledged) are the critical ones.
 _SEVERITY: dict[str, Severity] = {
     "changeset.failed": Severity.WARNING,
-    "deployment.node_failed": Severity.WARNING,
+    "deployment.node.failed": Severity.WARNING,
     "deployment.failed": Severity.CRITICAL,
     "drift.detected": Severity.WARNING,
     "node.host_key_changed": Severity.CRITICAL,

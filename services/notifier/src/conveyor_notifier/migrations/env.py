@@ -14,6 +14,7 @@ context.configure(
     connection=connection,
     target_metadata=Base.metadata,
     render_as_batch=True,  # SQLite alters tables by copying them
+    version_table="alembic_version_notifier",  # its own: the database may be shared with other services
     compare_type=True,
 )
 with context.begin_transaction():
