@@ -39,7 +39,13 @@ class BackgroundTasks:
 
         task = asyncio.create_task(guarded(), name=name)
         self._tasks.append(task)
+        task.add_done_callback(self._forget)
         return task
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        """A finished task is dropped, so short-lived ones do not pile up."""
+        if task in self._tasks:
+            self._tasks.remove(task)
 
     async def cancel_all(self) -> None:
         """Cancel every task and wait for each to end."""

@@ -9,8 +9,9 @@ due after the rule's ``group_wait_s``, or, when that group was notified less tha
 ago, a follow-up due at that interval's end. So a 20-node deployment becomes one message, and the
 nodes that answer later one follow-up.
 
-Dispatching (a loop that sleeps until the next notification is due or a new one arrives): a due
-notification is rendered from its events, sent by its receiver, retried with backoff on retryable
+Dispatching (a loop that sleeps until the next notification is due or a new one arrives): each due
+notification, several at once (a slow receiver holds up only its own messages), is rendered from its
+events, sent by its receiver, retried with backoff on retryable
 errors up to the receiver's ``retries``, every attempt written to the delivery log; when it gives
 up, the fallback receiver gets it with a note saying what failed. A notifier killed after receiving
 and before sending finds the waiting notification at start and sends it then, once.
@@ -80,6 +81,7 @@ class Notifier:
         node_labels: Mapping[str, Mapping[str, str]] | None = None,
         dedup_window_s: float = 300.0,
         retry_base_s: float = 1.0,
+        concurrency: int = 8,
     ) -> None:
         self.sessions = sessions
         self.rules = rules
@@ -88,6 +90,7 @@ class Notifier:
         self.node_labels = node_labels or {}
         self.dedup_window_s = dedup_window_s
         self.retry_base_s = retry_base_s
+        self._sending = asyncio.Semaphore(concurrency)  # a slow receiver holds up only its own messages
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._background = BackgroundTasks()
@@ -236,7 +239,14 @@ class Notifier:
                     return None if upcoming is None else max(0.05, (upcoming - now).total_seconds())
                 due.state = NotificationState.SENDING
                 notification_id = due.id
-            await self._deliver(notification_id)
+            self._background.spawn(f"deliver:{notification_id}", self._deliver_one(notification_id))
+
+    async def _deliver_one(self, notification_id: int) -> None:
+        async with self._sending:
+            try:
+                await self._deliver(notification_id)
+            except Exception:  # left "sending": taken up again at the next start
+                log.exception("delivery_crashed", notification=notification_id)
 
     async def _events(self, session: AsyncSession, message_ids: Sequence[str]) -> list[EventFacts]:
         rows = await session.scalars(select(InboxMessage).where(InboxMessage.message_id.in_(message_ids)))
