@@ -9,12 +9,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import DateTime, TypeDecorator, event
+from sqlalchemy import Connection, DateTime, TypeDecorator, event
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
-__all__ = ["NAMING", "UTCDateTime", "create_engine", "session_factory", "utcnow"]
+__all__ = ["NAMING", "UTCDateTime", "create_engine", "downgrade", "session_factory", "upgrade", "utcnow"]
 
 
 def create_engine(url: str) -> AsyncEngine:
@@ -83,3 +83,29 @@ class UTCDateTime(TypeDecorator[datetime]):
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         return None if value is None else value.replace(tzinfo=UTC)
+
+
+async def upgrade(engine: AsyncEngine, migrations: Path, revision: str = "head") -> None:
+    """Upgrade the schema to ``revision`` with the Alembic scripts in ``migrations`` (idempotent); the
+    scripts' ``env.py`` takes the connection from ``config.attributes["connection"]``. Alembic is
+    imported here only, so a process without a database does not need it."""
+    from alembic import command  # noqa: PLC0415
+
+    async with engine.begin() as connection:
+        await connection.run_sync(lambda sync: command.upgrade(_alembic_config(sync, migrations), revision))
+
+
+async def downgrade(engine: AsyncEngine, migrations: Path, revision: str = "base") -> None:
+    from alembic import command  # noqa: PLC0415
+
+    async with engine.begin() as connection:
+        await connection.run_sync(lambda sync: command.downgrade(_alembic_config(sync, migrations), revision))
+
+
+def _alembic_config(connection: Connection, migrations: Path) -> Any:
+    from alembic.config import Config  # noqa: PLC0415
+
+    config = Config()
+    config.set_main_option("script_location", str(migrations))
+    config.attributes["connection"] = connection
+    return config

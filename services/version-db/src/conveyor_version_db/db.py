@@ -4,31 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from alembic import command
-from alembic.config import Config
-from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from conveyor.db import create_engine, session_factory
+from conveyor.db import create_engine, session_factory, upgrade
+from conveyor.db import downgrade as _downgrade
 
 __all__ = ["create_engine", "downgrade", "migrate", "session_factory"]
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
 
-def _config(connection: Connection) -> Config:
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
-    config.attributes["connection"] = connection
-    return config
-
-
 async def migrate(engine: AsyncEngine, revision: str = "head") -> None:
     """Upgrade the schema to ``revision`` (idempotent)."""
-    async with engine.begin() as connection:
-        await connection.run_sync(lambda sync: command.upgrade(_config(sync), revision))
+    await upgrade(engine, MIGRATIONS, revision)
 
 
 async def downgrade(engine: AsyncEngine, revision: str = "base") -> None:
-    async with engine.begin() as connection:
-        await connection.run_sync(lambda sync: command.downgrade(_config(sync), revision))
+    await _downgrade(engine, MIGRATIONS, revision)
