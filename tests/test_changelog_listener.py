@@ -10,6 +10,7 @@ The tests of this module share one set of processes and run in file order.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import random
@@ -340,11 +341,20 @@ async def ship(world: World, files: Mapping[str, str | None]) -> ChangesetCreate
         write_source(world, files)
         await tap.expect(ChangesetCreated, timeout=30)
         deadline = time.monotonic() + 30
+        written = {
+            path.encode(): hashlib.sha256(text.encode()).hexdigest() for path, text in files.items() if text
+        }
         while True:  # a big change may be committed in more than one quiet period: wait for the last
             package = Package(world.source.root)
             head = package.head()
             created = [e for e in tap.of(ChangesetCreated) if e.payload.version == head]
-            if created and not package.status():
+            # ...and one that holds what was written: a file rewritten with the same size in the same
+            # clock tick as the listener's scan of it looks unchanged to a stat cache
+            holds = head is not None and all(
+                (entry := package.version(head)[1].get(path)) is not None and entry.sha256 == digest
+                for path, digest in written.items()
+            )
+            if created and holds and not package.status():
                 return created[-1].payload
             assert time.monotonic() < deadline, "the source never settled"
             await asyncio.sleep(0.1)
