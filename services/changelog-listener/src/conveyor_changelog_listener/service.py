@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from conveyor.bus import Bus
-from conveyor.bus.journal import Journal
+from conveyor.bus.journal import Journal, answer_once
 from conveyor.bus.outbox import Outbox
 from conveyor.changeset import ArtifactStore
 from conveyor.contracts import ChangesetApply, ChangesetFailed, Envelope, NodeHeartbeat, Payload
@@ -131,21 +131,20 @@ class Listener:
     async def on_apply(self, envelope: Envelope[ChangesetApply]) -> None:
         """Apply, reply, remember the reply: a redelivered command gets the same answer again."""
         command = envelope.payload
-        known = self.journal.get(str(envelope.id))
-        if known is not None:
-            log.info("command_already_answered", command_id=str(envelope.id), reply=known.type)
-            self.outbox.put(known)
-        else:
-            outcome = await self._outcome(envelope)
-            reply = envelope.follow_up(outcome, source=self.settings.service_name)
-            self.journal.record(str(envelope.id), reply)  # first: a redelivery then repeats this reply
-            self.outbox.put(reply)
-            if isinstance(outcome, ChangesetFailed) and outcome.stage is ApplyStage.PARENT_MISMATCH:
-                target = self.targets.get(command.package)
-                drift = await target.check_drift() if target else None
-                if drift is not None:
-                    self.announce(drift, cause=envelope)
-        await self.outbox.drain(self.settings.bus.publish_timeout_s)
+        outcome = await answer_once(
+            self.journal,
+            self.outbox,
+            envelope,
+            lambda: self._outcome(envelope),
+            source=self.settings.service_name,
+            publish_timeout_s=self.settings.bus.publish_timeout_s,
+        )
+        if isinstance(outcome, ChangesetFailed) and outcome.stage is ApplyStage.PARENT_MISMATCH:
+            target = self.targets.get(command.package)
+            drift = await target.check_drift() if target else None
+            if drift is not None:
+                self.announce(drift, cause=envelope)
+                await self.outbox.drain(self.settings.bus.publish_timeout_s)
 
     async def _outcome(self, envelope: Envelope[ChangesetApply]) -> Payload:
         command = envelope.payload

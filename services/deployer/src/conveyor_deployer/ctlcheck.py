@@ -241,12 +241,10 @@ async def _remote(access: NodeAccess, node: Node, plan: CtlPlan) -> list[SelfTes
         (f"status {unit}; id", "denied"),
         (f"restart {unit} {unit}", "denied"),
     ]
-    rows = []
     try:
-        rows = await _remote_cases(access, target, plan, cases)
+        return await _remote_cases(access, target, plan, cases)
     finally:  # no session of the account stays open (it would keep ``userdel`` from removing it)
         await access.pool.disconnect(target)
-    return rows
 
 
 async def _remote_cases(

@@ -17,13 +17,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from conveyor.auditlog import AuditLog
 from conveyor.bus import Bus
-from conveyor.bus.journal import Journal
+from conveyor.bus.journal import Journal, answer_once
 from conveyor.bus.outbox import Outbox
 from conveyor.contracts import Envelope, Payload
 from conveyor.contracts.catalogue import (
@@ -117,25 +117,24 @@ class FirewallAgent:
     # -- commands ------------------------------------------------------------------------
 
     async def on_disable(self, envelope: Envelope[FirewallDisable]) -> None:
-        await self._answer(envelope, self._disable(envelope))
+        await self._answer(envelope, lambda: self._disable(envelope))
 
     async def on_enable(self, envelope: Envelope[FirewallEnable]) -> None:
-        await self._answer(envelope, self._enable(envelope))
+        await self._answer(envelope, lambda: self._enable(envelope))
 
-    async def _answer(self, envelope: Envelope[Any], work: Awaitable[Payload]) -> None:
-        known = self.journal.get(str(envelope.id))
-        if known is not None:
-            if asyncio.iscoroutine(work):
-                work.close()
-            log.info("command_already_answered", command_id=str(envelope.id), reply=known.type)
-            self.outbox.put(known)
-        else:
-            async with self._lock:
-                outcome = await work
-            reply = envelope.follow_up(outcome, source=self.settings.service_name)
-            self.journal.record(str(envelope.id), reply)
-            self.outbox.put(reply)
-        await self.outbox.drain(self.settings.bus.publish_timeout_s)
+    async def _answer(self, envelope: Envelope[Any], work: Callable[[], Awaitable[Payload]]) -> None:
+        async def locked() -> Payload:
+            async with self._lock:  # one firewall change at a time
+                return await work()
+
+        await answer_once(
+            self.journal,
+            self.outbox,
+            envelope,
+            locked,
+            source=self.settings.service_name,
+            publish_timeout_s=self.settings.bus.publish_timeout_s,
+        )
 
     def _verify(self, envelope: Envelope[Any]) -> str | None:
         """Why the command is refused, or None."""

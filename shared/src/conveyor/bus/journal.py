@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from conveyor.contracts import CATALOGUE, ContractError, Envelope
+from conveyor.bus.outbox import Outbox
+from conveyor.contracts import CATALOGUE, ContractError, Envelope, Payload
 from conveyor.observability import get_logger
 from conveyor.pkgvcs.storage import atomic_write
 
-__all__ = ["Journal"]
+__all__ = ["Journal", "answer_once"]
 
 log = get_logger(__name__)
 
@@ -44,3 +46,30 @@ class Journal:
 
     def record(self, command_id: str, reply: Envelope[Any]) -> None:
         atomic_write(self.directory / f"{command_id}.json", reply.to_json())
+
+
+async def answer_once(
+    journal: Journal,
+    outbox: Outbox,
+    envelope: Envelope[Any],
+    act: Callable[[], Awaitable[Payload]],
+    *,
+    source: str,
+    publish_timeout_s: float,
+) -> Payload | None:
+    """Answer a command exactly once: a redelivery gets the recorded reply again without ``act``
+    running; otherwise ``act`` runs, its outcome is recorded as the reply first, then sent through the
+    outbox. Returns the new outcome, or None for a redelivery. Either way the outbox is drained (up to
+    ``publish_timeout_s``) before returning, so the reply is out before the broker gets its ack."""
+    known = journal.get(str(envelope.id))
+    outcome: Payload | None = None
+    if known is not None:
+        log.info("command_already_answered", command_id=str(envelope.id), reply=known.type)
+        outbox.put(known)
+    else:
+        outcome = await act()
+        reply = envelope.follow_up(outcome, source=source)
+        journal.record(str(envelope.id), reply)  # first: a redelivery then repeats this reply
+        outbox.put(reply)
+    await outbox.drain(publish_timeout_s)
+    return outcome
