@@ -131,8 +131,13 @@ class Deployer(AgentlessNodes):
         task.add_done_callback(lambda _: self._tasks.pop(promotion.id, None))
 
     def _announce(self, env: str, payload: Payload, *, actor: str | None = None) -> None:
+        """Publish an event (through the outbox); the events of one deployment share its id as their
+        correlation id, as its apply commands and the nodes' answers do, so the notifier makes one
+        message of them."""
         bus = self.buses[env]
-        self.outboxes[env].put(bus.wrap(payload, actor=actor))
+        deployment = getattr(payload, "deployment_id", None)
+        correlation = deployment if isinstance(deployment, UUID) else None
+        self.outboxes[env].put(bus.wrap(payload, actor=actor, correlation_id=correlation))
 
     # -- requests ------------------------------------------------------------------------
 
