@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from email import message_from_bytes
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -112,7 +113,28 @@ rules:
     match: {{type: ["changeset.created"]}}
     receivers: [hook]
     group_wait_s: 3
+  - name: prod-web-changesets
+    match: {{type: ["changeset.failed"], env: [prod], node: ["prod-web-*"]}}
+    receivers: [hook]
+    group_wait_s: 0
+    escalate_after_s: 2
+    escalate_to: [mail]
+  - name: prod-db-changesets
+    match: {{type: ["changeset.failed"], env: [prod], node: ["prod-db-*"]}}
+    receivers: [hook]
+    group_wait_s: 0
+    escalate_after_s: 6
+    escalate_to: [mail]
+  - name: versions
+    match: {{type: ["version.*"]}}
+    receivers: [hook]
+    group_wait_s: 0
 """
+
+USERS = {
+    "ada": {"token": "token-ada", "role": "responder"},
+    "rita": {"token": "token-rita", "role": "reader"},
+}
 
 
 @dataclass
@@ -139,6 +161,7 @@ class World:
             f"{p}LINK_BASE": "http://deployer.example:8100",
             f"{p}BUS__RETRY_DELAYS_S": "[0.2, 0.5]",
             f"{p}BUS__RECONNECT_INTERVAL_S": "0.3",
+            f"{p}USERS": json.dumps(USERS),
         }
 
     def start(self) -> None:
@@ -156,10 +179,33 @@ class World:
             self.process.send_signal(sig)
             self.process.wait(timeout=30)
 
-    def api(self, path: str) -> Any:
-        response = httpx.get(f"http://127.0.0.1:{self.port}{path}", timeout=10)
+    def api(self, path: str, *, method: str = "GET", token: str = "token-ada", body: Any = None) -> Any:
+        response = httpx.request(
+            method,
+            f"http://127.0.0.1:{self.port}{path}",
+            headers={"Authorization": f"Bearer {token}"},
+            json=body,
+            timeout=10,
+        )
         response.raise_for_status()
         return response.json()
+
+    def cli(self, *args: str) -> Any:
+        """``conveyor ARGS --json`` as ada; its JSON answer."""
+        done = subprocess.run(
+            [str(Path(sys.executable).parent / "conveyor"), *args, "--json"],
+            env={
+                "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
+                "CONVEYOR_NOTIFIER_URL": f"http://127.0.0.1:{self.port}",
+                "CONVEYOR_NOTIFIER_TOKEN": "token-ada",
+            },
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
 
     async def publish(self, env: str, *payloads: Payload, correlation_id: Any = None) -> list[Envelope[Any]]:
         bus = Bus(env=env, url=self.urls[env], service="test", settings=BusSettings())
@@ -299,6 +345,153 @@ async def test_a_notifier_killed_before_sending_sends_once_after_restart(world: 
     await until(lambda: len(world.hooks.posts("/hook")) == before + 1, "not sent after the restart")
     await asyncio.sleep(4)
     assert len(world.hooks.posts("/hook")) == before + 1
+
+
+async def test_the_same_report_twice_within_the_window_is_sent_once(world: World) -> None:
+    """Two events with different message ids and correlation ids but the same facts: one message."""
+    [first] = await world.publish("qa", example("version.blocked", reason="bad build 17"))
+    await until(lambda: _posts_saying(world, "bad build 17"), "the first report was not sent")
+    [again] = await world.publish("qa", example("version.blocked", reason="bad build 17"))
+    await until(lambda: _received(world, again), "the second report never arrived")
+    assert world.api(f"/events/{again.id}")["outcome"] == "duplicate"
+    [other] = await world.publish("qa", example("version.blocked", reason="bad build 18"))
+    await until(lambda: _received(world, other), "the third report never arrived")
+    assert world.api(f"/events/{first.id}")["outcome"] == "routed"
+    assert world.api(f"/events/{again.id}")["notifications"] == []
+    await until(lambda: _posts_saying(world, "bad build 18"), "the third report was not sent")
+    assert len(_posts_saying(world, "bad build 17")) == 1
+
+
+def _received(world: World, envelope: Envelope[Any]) -> bool:
+    response = httpx.get(
+        f"http://127.0.0.1:{world.port}/events/{envelope.id}",
+        headers={"Authorization": "Bearer token-rita"},
+        timeout=10,
+    )
+    return response.status_code == 200
+
+
+def _posts_saying(world: World, text: str) -> list[dict[str, Any]]:
+    return [p for p in world.hooks.posts("/hook") if text in p.get("message", "") + p.get("title", "")]
+
+
+def _mails_saying(world: World, text: str) -> list[Message]:
+    return [m for m in world.mailbox.messages if text in str(m["Subject"]) + _body(m)]
+
+
+def _body(mail: Message) -> str:
+    payload = mail.get_payload(decode=True)
+    return payload.decode() if isinstance(payload, bytes) else ""
+
+
+def _alert_of(world: World, node: str) -> dict[str, Any] | None:
+    return next((a for a in world.api("/alerts?state=all&env=prod") if f"node={node}" in a["key"]), None)
+
+
+async def test_an_unacknowledged_alert_escalates_and_its_resolution_reaches_everyone(world: World) -> None:
+    await world.publish("prod", example("changeset.failed", node="prod-web-1", deployment_id=None))
+    await until(lambda: _alert_of(world, "prod-web-1"), "the failure opened no alert")
+    alert = _alert_of(world, "prod-web-1")
+    assert alert is not None
+    assert alert["state"] == "open"
+    assert alert["receivers"] == ["hook"]
+    assert alert["escalate_to"] == ["mail"]
+    await until(lambda: _mails_saying(world, "ESCALATED"), "the alert did not escalate", timeout=20)
+    [escalation] = _mails_saying(world, "ESCALATED")
+    assert "prod-web-1" in _body(escalation)
+    assert f"conveyor alerts ack {alert['id']}" in _body(escalation)
+
+    await world.publish("prod", example("changeset.applied", node="prod-web-1", deployment_id=None))
+    await until(lambda: _mails_saying(world, "resolved:"), "the resolution was not mailed")
+    await until(
+        lambda: [p for p in _posts_saying(world, "resolved:") if "prod-web-1" in p["message"]],
+        "the resolution did not reach the webhook",
+    )
+    shown = world.api(f"/alerts/{alert['id']}")
+    assert shown["state"] == "resolved"
+    assert shown["escalated_at"] is not None
+    kinds = sorted((n["kind"], n["receiver"], n["state"]) for n in shown["notifications"])
+    assert kinds == [
+        ("escalation", "mail", "sent"),
+        ("resolution", "hook", "sent"),
+        ("resolution", "mail", "sent"),
+    ]
+    world.mailbox.messages.clear()
+
+
+async def test_an_acknowledged_alert_does_not_escalate(world: World) -> None:
+    await world.publish("prod", example("changeset.failed", node="prod-db-1", deployment_id=None))
+    await until(lambda: _alert_of(world, "prod-db-1"), "the failure opened no alert")
+    alert = _alert_of(world, "prod-db-1")
+    assert alert is not None
+    acked = world.cli("alerts", "ack", str(alert["id"]), "--comment", "restoring the replica")
+    assert acked["state"] == "acknowledged"
+    assert acked["acknowledged_by"] == "ada"
+    assert acked["escalation_due_at"] is None
+    listed = world.cli("alerts", "list", "--env", "prod")
+    assert any(a["id"] == alert["id"] and a["state"] == "acknowledged" for a in listed)
+    # Past the time it was due to escalate (6 s after opening), nothing was escalated.
+    due = datetime.fromisoformat(alert["escalation_due_at"])
+    await asyncio.sleep(max(0.0, (due - datetime.now(UTC)).total_seconds()) + 2)
+    assert not [m for m in _mails_saying(world, "ESCALATED") if "prod-db-1" in _body(m)]
+    assert world.api(f"/alerts/{alert['id']}")["escalated_at"] is None
+
+
+def test_the_api_wants_a_token_and_the_right_role(world: World) -> None:
+    base = f"http://127.0.0.1:{world.port}"
+    assert httpx.get(f"{base}/alerts", timeout=10).status_code == 401
+    assert (
+        httpx.get(f"{base}/alerts", headers={"Authorization": "Bearer nope"}, timeout=10).status_code == 401
+    )
+    reader = {"Authorization": "Bearer token-rita"}
+    assert httpx.get(f"{base}/alerts", headers=reader, timeout=10).status_code == 200
+    refused = httpx.post(f"{base}/alerts/1/ack", headers=reader, json={}, timeout=10)
+    assert refused.status_code == 403
+    assert "rita is a reader" in refused.json()["detail"]
+    bad = world.api  # a responder, but a matcher that is not a fact
+    with pytest.raises(httpx.HTTPStatusError) as caught:
+        bad("/silences", method="POST", body={"matchers": {"colour": "red"}, "duration_s": 60, "reason": "x"})
+    assert caught.value.response.status_code == 422
+    assert "'colour' is not a fact" in caught.value.response.json()["detail"]
+
+
+async def test_a_silence_holds_notifications_back_and_records_them(world: World) -> None:
+    silence = world.cli(
+        "silence",
+        "add",
+        "--match",
+        "type=version.unblocked",
+        "--env",
+        "dev",
+        "--for",
+        "2h",
+        "--reason",
+        "noisy",
+    )
+    assert silence["state"] == "active"
+    assert silence["matchers"] == {"type": "version.unblocked", "env": "dev"}
+    [held] = await world.publish("dev", example("version.unblocked", reason="held back by the silence"))
+    [passed] = await world.publish("qa", example("version.unblocked", reason="qa is not silenced"))
+    await until(lambda: _posts_saying(world, "qa is not silenced"), "the qa event was not sent")
+    await until(
+        lambda: any(str(held.id) in n["events"] for n in world.api("/notifications?state=silenced")),
+        "the silenced event was not recorded as silenced",
+    )
+    assert not _posts_saying(world, "held back by the silence")
+    [notification] = [n for n in world.api("/notifications?state=silenced") if str(held.id) in n["events"]]
+    assert notification["silenced_by"] == silence["id"]
+    [record] = [d for d in world.api("/deliveries?limit=500") if d["notification_id"] == notification["id"]]
+    assert record["outcome"] == "silenced"
+    assert record["detail"] == f"silence #{silence['id']} by ada: noisy"
+    assert any(s["id"] == silence["id"] for s in world.cli("silence", "list"))
+    del passed
+
+    ended = world.cli("silence", "expire", str(silence["id"]))
+    assert ended["state"] == "expired"
+    assert ended["expired_by"] == "ada"
+    assert all(s["id"] != silence["id"] for s in world.cli("silence", "list"))
+    await world.publish("dev", example("version.unblocked", reason="after the silence"))
+    await until(lambda: _posts_saying(world, "after the silence"), "sent nothing once the silence ended")
 
 
 def test_a_rules_file_with_an_error_keeps_the_notifier_from_starting(world: World, tmp_path: Path) -> None:

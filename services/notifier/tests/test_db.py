@@ -36,7 +36,13 @@ async def test_the_schema_migrates_and_matches_the_models(database_url: str) -> 
         await migrate(engine)
         await migrate(engine)  # idempotent
         async with engine.connect() as connection:
-            assert await connection.run_sync(_tables) == {"inbox", "notifications", "deliveries"}
+            assert await connection.run_sync(_tables) == {
+                "inbox",
+                "notifications",
+                "deliveries",
+                "alerts",
+                "silences",
+            }
             assert await connection.run_sync(_differences) == []
     finally:
         await engine.dispose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -121,7 +122,10 @@ def test_a_failed_deployment_tells_the_final_outcome_of_each_node(templates: Tem
     ],
 )
 def test_the_kind_prefixes_the_subject(templates: Templates, kind: Any, prefix: str) -> None:
-    message = templates.render([facts(EXAMPLES["firewall.disabled"])], kind=kind)
+    opened = facts(EXAMPLES["firewall.disabled"])
+    same_day = opened.occurred_at.replace(hour=10, minute=0, second=0, microsecond=0)
+    lease = {**opened.payload, "lease_expires_at": same_day.isoformat()}
+    message = templates.render([replace(opened, payload=lease)], kind=kind)
 
     assert message.subject == f"{prefix}firewall opened on qa-web-1 by ada until 10:00 UTC"
     assert message.kind == kind
@@ -254,3 +258,19 @@ def test_the_final_outcome_wins_and_keeps_the_detail() -> None:
     ]
     assert rows[1].detail == "health_check: node 2 answered 503"
     assert rows[0].detail == "4.2 s"  # from when it had succeeded
+
+
+def test_a_whole_deployment_in_one_group_renders(templates: Templates) -> None:
+    """requested, approved, started, the nodes' outcomes, the listeners' changesets and the end: one
+    correlation id, so one group, and the template of its first event (deployment.requested)."""
+    story = [
+        facts(EXAMPLES[t]) for t in ("deployment.requested", "deployment.approved", "deployment.started")
+    ]
+    nodes = deployment_events(3, failing=set())
+    end = facts(EXAMPLES["deployment.succeeded"])
+    message = templates.render([*story, facts(EXAMPLES["changeset.applied"]), *nodes, end])
+
+    assert message.subject.startswith("[qa] deployment succeeded: web")
+    assert "Reason:" in message.body
+    assert "From:" in message.body
+    assert "prod-web-3" in message.body

@@ -152,6 +152,12 @@ class CliSettings(BaseSettings):
     deployer_token: SecretStr | None = Field(
         default=None, description="bearer token for the deployer API (default: CONVEYOR_TOKEN)"
     )
+    notifier_url: str = Field(
+        default="http://127.0.0.1:8102", description="the notifier API (conveyor alerts, conveyor silence)"
+    )
+    notifier_token: SecretStr | None = Field(
+        default=None, description="bearer token for the notifier API (default: CONVEYOR_TOKEN)"
+    )
 
 
 def _default_node_name() -> str:

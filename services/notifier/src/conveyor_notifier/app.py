@@ -6,13 +6,14 @@ import os
 from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import yaml
-from fastapi import FastAPI, Query
+from fastapi import FastAPI
 
 from conveyor.runtime import ServiceRuntime, create_service_app
 from conveyor_notifier import __version__, consumers
+from conveyor_notifier.api import api_router
 from conveyor_notifier.config import Settings
 from conveyor_notifier.db import create_engine, migrate, session_factory
 from conveyor_notifier.receivers import AppriseReceiver, EmailReceiver, LogReceiver, Receiver, SmtpSettings
@@ -85,6 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         node_labels=node_labels(settings.inventory_file),
         dedup_window_s=settings.dedup_window_s,
         retry_base_s=settings.retry_base_s,
+        retention_s=settings.retention_days * 86_400,
     )
     runtime = ServiceRuntime(
         name=Settings.service_name,
@@ -100,19 +102,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = create_service_app(runtime, startup=[prepare], shutdown=[notifier.stop, engine.dispose])
     app.state.notifier = notifier
-
-    @app.get("/deliveries")
-    async def deliveries(
-        limit: Annotated[int, Query(ge=1, le=1000)] = 100, receiver: str | None = None
-    ) -> list[dict[str, Any]]:
-        """The delivery log, newest first: every attempt, to whom, when, with what outcome."""
-        return await notifier.deliveries(limit=limit, receiver=receiver)
-
-    @app.get("/notifications")
-    async def notifications(
-        limit: Annotated[int, Query(ge=1, le=1000)] = 100, state: str | None = None
-    ) -> list[dict[str, Any]]:
-        """Messages, newest first: their group, receiver, state and the events they tell of."""
-        return await notifier.notifications(limit=limit, state=state)
-
+    app.state.settings = settings
+    app.include_router(api_router(sessions))
     return app

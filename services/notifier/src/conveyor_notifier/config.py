@@ -2,15 +2,32 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import ClassVar
 
-from pydantic import Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from conveyor.settings import ServiceSettings
 
-__all__ = ["Settings"]
+__all__ = ["Role", "Settings", "User"]
+
+
+class Role(StrEnum):
+    READER = "reader"  # reads alerts, silences, notifications and the delivery log
+    RESPONDER = "responder"  # also acknowledges alerts, adds and expires silences
+
+    @property
+    def rank(self) -> int:
+        return [Role.READER, Role.RESPONDER].index(self)
+
+
+class User(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    token: SecretStr
+    role: Role
 
 
 class Settings(ServiceSettings):
@@ -19,6 +36,10 @@ class Settings(ServiceSettings):
     service_name: ClassVar[str] = "notifier"
 
     http_port: int = Field(default=8102, ge=0, le=65535, description="port of the API, /healthz and /metrics")
+    users: dict[str, User] = Field(
+        default_factory=dict,
+        description='API users: name → {"token", "role": reader|responder} (JSON); none: all refused',
+    )
     state_dir: Path = Field(
         default=Path("/var/lib/conveyor/notifier"), description="the embedded database lives here"
     )
@@ -45,6 +66,12 @@ class Settings(ServiceSettings):
     )
     dedup_window_s: float = Field(
         default=300.0, ge=0, description="an event the same as one received this recently is not sent again"
+    )
+    retention_days: float = Field(
+        default=30.0,
+        ge=1,
+        description="events, messages and the delivery log are kept this long (open alerts and their "
+        "events for as long as they are open)",
     )
     retry_base_s: float = Field(
         default=1.0, gt=0, description="first pause before a failed delivery is tried again (doubling)"

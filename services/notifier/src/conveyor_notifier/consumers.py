@@ -20,11 +20,20 @@ log = get_logger(__name__)
 
 QUEUE = "notifier.events"
 MAX_BACKOFF_S = 30.0
+NOT_FOR_PEOPLE = frozenset({"node.heartbeat"})
+"""Events nobody is notified of: not bound, and dropped if one arrives all the same."""
 
 
 def queues(settings: Settings, env: str) -> list[QueueSpec]:
+    """One queue per environment, bound to every event type people may hear of (an event's routing key
+    is its type)."""
     del settings, env
-    return [QueueSpec(name=QUEUE, binding_keys=("#",))]
+    types = sorted(
+        m.message_type
+        for m in CATALOGUE
+        if m.kind is MessageKind.EVENT and m.message_type not in NOT_FOR_PEOPLE
+    )
+    return [QueueSpec(name=QUEUE, binding_keys=tuple(types))]
 
 
 def event_handlers(notifier: Notifier) -> Callable[[Consumer], None]:
@@ -42,9 +51,12 @@ def event_handlers(notifier: Notifier) -> Callable[[Consumer], None]:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_BACKOFF_S)
 
+    async def drop(envelope: Envelope[Any]) -> None:
+        del envelope
+
     def register(consumer: Consumer) -> None:
         for model in CATALOGUE:
             if model.kind is MessageKind.EVENT:
-                consumer.on(model, handle)
+                consumer.on(model, drop if model.message_type in NOT_FOR_PEOPLE else handle)
 
     return register

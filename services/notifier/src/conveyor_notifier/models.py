@@ -3,7 +3,11 @@
 ``inbox``          every event received, once per message id (a redelivery finds its row and stops)
 ``notifications``  a message to one receiver: the events of one group, waiting until it is due, then
                    sent, failed (its fallback then has one of its own) or silenced
-``deliveries``     every attempt to send a notification: when, to whom, what came of it
+``deliveries``     every attempt to send a notification: when, to whom, what came of it (a silenced
+                   notification has one too, saying which silence held it back)
+``alerts``         a condition someone must see to (a failed deployment, a firewall open in prod...):
+                   open until acknowledged or resolved, escalated when left unacknowledged
+``silences``       matchers and a time span: notifications of matching events are recorded, not sent
 """
 
 from __future__ import annotations
@@ -16,7 +20,17 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from conveyor.db import NAMING, UTCDateTime, utcnow
 
-__all__ = ["Base", "Delivery", "InboxMessage", "Notification", "NotificationState", "utcnow"]
+__all__ = [
+    "Alert",
+    "AlertState",
+    "Base",
+    "Delivery",
+    "InboxMessage",
+    "Notification",
+    "NotificationState",
+    "Silence",
+    "utcnow",
+]
 
 _ID = BigInteger().with_variant(Integer(), "sqlite")
 
@@ -67,6 +81,10 @@ class Notification(Base):
     note: Mapped[str | None] = mapped_column(Text)
     """For a fallback: why it is one."""
     last_error: Mapped[str | None] = mapped_column(Text)
+    alert_id: Mapped[int | None] = mapped_column(_ID, index=True)
+    """For an escalation or a resolution: the alert it is about."""
+    silenced_by: Mapped[int | None] = mapped_column(_ID)
+    """For a silenced notification: the silence that held it back."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -84,6 +102,8 @@ class Notification(Base):
             "subject": self.subject,
             "note": self.note,
             "last_error": self.last_error,
+            "alert_id": self.alert_id,
+            "silenced_by": self.silenced_by,
         }
 
 
@@ -96,7 +116,7 @@ class Delivery(Base):
     receiver: Mapped[str] = mapped_column(String(100))
     attempt: Mapped[int] = mapped_column(Integer)
     outcome: Mapped[str] = mapped_column(String(20))
-    """sent, failed (will be retried), gave_up."""
+    """sent, failed (will be retried), gave_up, silenced."""
     detail: Mapped[str] = mapped_column(Text)
     subject: Mapped[str | None] = mapped_column(Text)
 
@@ -110,4 +130,102 @@ class Delivery(Base):
             "outcome": self.outcome,
             "detail": self.detail,
             "subject": self.subject,
+        }
+
+
+class AlertState:
+    OPEN = "open"
+    ACKNOWLEDGED = "acknowledged"
+    RESOLVED = "resolved"
+
+
+class Alert(Base):
+    __tablename__ = "alerts"
+    __table_args__ = (Index("ix_alerts_state_escalation_due_at", "state", "escalation_due_at"),)
+
+    id: Mapped[int] = mapped_column(_ID, primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(String(400), index=True)
+    """What the condition is about, e.g. ``deployment|prod|package=web``: one open alert per key."""
+    state: Mapped[str] = mapped_column(String(20), default=AlertState.OPEN)
+    env: Mapped[str] = mapped_column(String(32))
+    type: Mapped[str] = mapped_column(String(100))
+    """The type of the event that opened it."""
+    severity: Mapped[str] = mapped_column(String(20))
+    summary: Mapped[str] = mapped_column(Text)
+    opened_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    count: Mapped[int] = mapped_column(Integer, default=1)
+    """How many events reported the condition while it was open."""
+    events: Mapped[list[str]] = mapped_column(JSON, default=list)
+    """Message ids of the first events that reported it (at most 100)."""
+    receivers: Mapped[list[str]] = mapped_column(JSON, default=list)
+    """Who heard of it: they hear of its resolution too."""
+    escalate_to: Mapped[list[str]] = mapped_column(JSON, default=list)
+    escalation_due_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    escalated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    acknowledged_by: Mapped[str | None] = mapped_column(String(100))
+    acknowledged_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    ack_comment: Mapped[str | None] = mapped_column(Text)
+    resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    resolved_by: Mapped[str | None] = mapped_column(String(64))
+    """The message id of the event that resolved it."""
+
+    def as_dict(self) -> dict[str, Any]:
+        def when(value: datetime | None) -> str | None:
+            return value.isoformat() if value else None
+
+        return {
+            "id": self.id,
+            "key": self.key,
+            "state": self.state,
+            "env": self.env,
+            "type": self.type,
+            "severity": self.severity,
+            "summary": self.summary,
+            "opened_at": self.opened_at.isoformat(),
+            "last_seen_at": self.last_seen_at.isoformat(),
+            "count": self.count,
+            "events": list(self.events),
+            "receivers": list(self.receivers),
+            "escalate_to": list(self.escalate_to),
+            "escalation_due_at": when(self.escalation_due_at),
+            "escalated_at": when(self.escalated_at),
+            "acknowledged_by": self.acknowledged_by,
+            "acknowledged_at": when(self.acknowledged_at),
+            "ack_comment": self.ack_comment,
+            "resolved_at": when(self.resolved_at),
+            "resolved_by": self.resolved_by,
+        }
+
+
+class Silence(Base):
+    __tablename__ = "silences"
+
+    id: Mapped[int] = mapped_column(_ID, primary_key=True, autoincrement=True)
+    matchers: Mapped[dict[str, str]] = mapped_column(JSON)
+    """fact → glob (type, env, package, node, severity, labels.<key>...): all must match."""
+    reason: Mapped[str] = mapped_column(Text)
+    created_by: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    starts_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    ends_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    expired_by: Mapped[str | None] = mapped_column(String(100))
+    """Who ended it early (``ends_at`` is then when)."""
+
+    def state(self, now: datetime) -> str:
+        if self.ends_at <= now:
+            return "expired"
+        return "active" if self.starts_at <= now else "pending"
+
+    def as_dict(self, now: datetime) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "matchers": dict(self.matchers),
+            "reason": self.reason,
+            "created_by": self.created_by,
+            "created_at": self.created_at.isoformat(),
+            "starts_at": self.starts_at.isoformat(),
+            "ends_at": self.ends_at.isoformat(),
+            "expired_by": self.expired_by,
+            "state": self.state(now),
         }

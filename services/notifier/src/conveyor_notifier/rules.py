@@ -48,6 +48,7 @@ __all__ = [
     "Rule",
     "RulesConfig",
     "RulesError",
+    "fact_name",
     "group_key",
     "load_rules",
     "route",
@@ -84,7 +85,8 @@ def _apprise_url(url: str) -> str:
     return url
 
 
-def _group_field(name: str) -> str:
+def fact_name(name: str) -> str:
+    """``name`` if it names a fact (``type``, ``env``... or ``labels.<key>``), else ``ValueError``."""
     if name in _FACTS or (name.startswith("labels.") and len(name) > len("labels.")):
         return name
     raise ValueError(f"{name!r} is not a fact; expected one of {', '.join(_FACTS)}, or labels.<key>")
@@ -96,7 +98,7 @@ EnvVar = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127
 Email = Annotated[str, AfterValidator(_email)]
 AppriseUrl = Annotated[str, AfterValidator(_apprise_url)]
 Globs = Annotated[tuple[Annotated[str, StringConstraints(min_length=1)], ...], Field(min_length=1)]
-GroupField = Annotated[str, AfterValidator(_group_field)]
+GroupField = Annotated[str, AfterValidator(fact_name)]
 Seconds = Annotated[float, Field(ge=0, le=86_400)]
 
 

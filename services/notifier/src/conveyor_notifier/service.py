@@ -14,7 +14,12 @@ notification, several at once (a slow receiver holds up only its own messages), 
 events, sent by its receiver, retried with backoff on retryable
 errors up to the receiver's ``retries``, every attempt written to the delivery log; when it gives
 up, the fallback receiver gets it with a note saying what failed. A notifier killed after receiving
-and before sending finds the waiting notification at start and sends it then, once.
+and before sending finds the waiting notification at start and sends it then, once. Silences are
+checked when a notification is due (:mod:`conveyor_notifier.silences`): what they match is recorded,
+not sent.
+
+Alerts (:mod:`conveyor_notifier.alerts`): an event that opens or resolves one does so in the same
+transaction that receives it; the dispatch loop also wakes for the alerts whose escalation is due.
 """
 
 from __future__ import annotations
@@ -34,24 +39,28 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from conveyor.contracts import CATALOGUE, ContractError, Envelope
 from conveyor.observability import get_logger
 from conveyor.tasks import BackgroundTasks
+from conveyor_notifier import alerts, silences
 from conveyor_notifier.model import EventFacts, MessageKind, OutgoingMessage, Severity, facts_of
 from conveyor_notifier.models import Delivery, InboxMessage, Notification, NotificationState, utcnow
 from conveyor_notifier.receivers import DeliveryError, Receiver
+from conveyor_notifier.retention import prune
 from conveyor_notifier.rules import Route, RulesConfig, group_key, route
-from conveyor_notifier.templates import Templates
+from conveyor_notifier.templates import TemplateRenderError, Templates
 
 __all__ = ["Notifier", "fingerprint"]
 
 log = get_logger(__name__)
 
-# Payload keys that differ between otherwise identical reports (ids, times): left out of fingerprints.
-_VOLATILE = ("id", "_at", "nonce", "signature", "request_id", "deployment_id", "duration")
+# Payload keys that differ between two sendings of the same report (times, signatures, how long it
+# took): left out of fingerprints. Ids that name a deployment, a changeset or a request stay in: two
+# deployments are two reports, however alike.
+_VOLATILE = frozenset({"id", "nonce", "signature", "duration_s", "steps", "audit_seq", "audit_hash"})
 
 
 def fingerprint(facts: EventFacts) -> str:
     """What makes two events "the same report": type, env, package, version, node and the payload
-    without ids and times."""
-    payload = {k: v for k, v in facts.payload.items() if not any(part in k for part in _VOLATILE)}
+    without times and the keys in ``_VOLATILE``."""
+    payload = {k: v for k, v in facts.payload.items() if k not in _VOLATILE and not k.endswith("_at")}
     document = [facts.type, facts.env, facts.package, facts.version, facts.node, payload]
     return hashlib.sha256(json.dumps(document, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -82,6 +91,7 @@ class Notifier:
         dedup_window_s: float = 300.0,
         retry_base_s: float = 1.0,
         concurrency: int = 8,
+        retention_s: float = 30 * 86_400,
     ) -> None:
         self.sessions = sessions
         self.rules = rules
@@ -90,6 +100,7 @@ class Notifier:
         self.node_labels = node_labels or {}
         self.dedup_window_s = dedup_window_s
         self.retry_base_s = retry_base_s
+        self.retention_s = retention_s
         self._sending = asyncio.Semaphore(concurrency)  # a slow receiver holds up only its own messages
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
@@ -106,6 +117,7 @@ class Notifier:
                     "notification_resumed", notification=notification.id, receiver=notification.receiver
                 )
         self._background.spawn("dispatch", self._dispatch_loop())
+        self._background.spawn("prune", self._prune_loop())
 
     async def stop(self) -> None:
         self._stop.set()
@@ -120,24 +132,30 @@ class Notifier:
         fp = fingerprint(facts)
         try:
             async with self.sessions.begin() as session:
-                outcome = await self._receive(session, envelope, facts, fp, now)
+                outcome, transition = await self._receive(session, envelope, facts, fp, now)
         except IntegrityError:  # the same message id, inserted by a concurrent delivery
-            outcome = "redelivered"
-        if outcome == "routed":
+            outcome, transition = "redelivered", "none"
+        if outcome == "routed" or transition == "resolved":
             self._wake.set()
+        if transition != "none":
+            log.info("alert_" + transition, message_id=facts.message_id, type=facts.type, env=facts.env)
         log.debug("event_received", message_id=facts.message_id, type=facts.type, outcome=outcome)
 
     async def _receive(
         self, session: AsyncSession, envelope: Envelope[Any], facts: EventFacts, fp: str, now: datetime
-    ) -> str:
+    ) -> tuple[str, alerts.Transition]:
         if await session.scalar(select(InboxMessage.id).where(InboxMessage.message_id == facts.message_id)):
-            return "redelivered"
+            return "redelivered", "none"
         window = now - timedelta(seconds=self.dedup_window_s)
         seen = await session.scalar(
             select(InboxMessage.id).where(InboxMessage.fingerprint == fp, InboxMessage.received_at >= window)
         )
         routes = route(self.rules, facts)
-        outcome = "duplicate" if seen else ("routed" if routes else "ignored")
+        signal = alerts.signal_of(facts)
+        transition = await alerts.on_signal(session, signal, facts, routes, now) if signal else "none"
+        # An event that opens or resolves an alert is never "the same report again".
+        duplicate = seen is not None and transition not in ("opened", "resolved")
+        outcome = "duplicate" if duplicate else ("routed" if routes else "ignored")
         session.add(
             InboxMessage(
                 message_id=facts.message_id,
@@ -150,7 +168,7 @@ class Notifier:
             )
         )
         if outcome != "routed":
-            return outcome
+            return outcome, transition
         done: set[tuple[str, str]] = set()
         for found in routes:
             key = group_key(found, facts)
@@ -159,7 +177,7 @@ class Notifier:
                     continue
                 done.add((key, receiver))
                 await self._join(session, (key, receiver), found, facts, now)
-        return outcome
+        return outcome, transition
 
     async def _join(
         self, session: AsyncSession, target: tuple[str, str], found: Route, facts: EventFacts, now: datetime
@@ -205,6 +223,19 @@ class Notifier:
             )
         )
 
+    # -- keeping the database small ---------------------------------------------------------------------
+
+    async def _prune_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                removed = await prune(self.sessions, utcnow() - timedelta(seconds=self.retention_s))
+                if any(removed.values()):
+                    log.info("pruned", **removed)
+            except Exception:  # the database away for a moment: next hour
+                log.exception("prune_failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), 3600)
+
     # -- dispatching -------------------------------------------------------------------------------------
 
     async def _dispatch_loop(self) -> None:
@@ -219,7 +250,12 @@ class Notifier:
                 await asyncio.wait_for(self._wake.wait(), wait)
 
     async def dispatch_due(self) -> float | None:
-        """Send every notification that is due; seconds until the next one (None: none waiting)."""
+        """Escalate the alerts that are due, send every notification that is due; seconds until the
+        next of either (None: nothing waiting)."""
+        async with self.sessions.begin() as session:
+            escalated = await alerts.escalate_due(session, utcnow())
+        if escalated:
+            log.warning("alerts_escalated", count=escalated)
         while True:
             async with self.sessions.begin() as session:
                 now = utcnow()
@@ -236,7 +272,9 @@ class Notifier:
                         .order_by(Notification.due_at)
                         .limit(1)
                     )
-                    return None if upcoming is None else max(0.05, (upcoming - now).total_seconds())
+                    escalation = await alerts.next_escalation(session)
+                    times = [t for t in (upcoming, escalation) if t is not None]
+                    return None if not times else max(0.05, (min(times) - now).total_seconds())
                 due.state = NotificationState.SENDING
                 notification_id = due.id
             self._background.spawn(f"deliver:{notification_id}", self._deliver_one(notification_id))
@@ -245,8 +283,14 @@ class Notifier:
         async with self._sending:
             try:
                 await self._deliver(notification_id)
-            except Exception:  # left "sending": taken up again at the next start
+            except Exception as exc:  # a bug: the fallback gets it, rather than nobody
                 log.exception("delivery_crashed", notification=notification_id)
+                with contextlib.suppress(Exception):  # the database away: "sending", resumed at start
+                    error = f"the notifier failed: {type(exc).__name__}: {exc}"
+                    await self._finish(notification_id, NotificationState.FAILED, 0, "", error)
+                    async with self.sessions() as session:
+                        receiver = (await session.get_one(Notification, notification_id)).receiver
+                    await self._fall_back(notification_id, receiver, 0, error)
 
     async def _events(self, session: AsyncSession, message_ids: Sequence[str]) -> list[EventFacts]:
         rows = await session.scalars(select(InboxMessage).where(InboxMessage.message_id.in_(message_ids)))
@@ -263,9 +307,15 @@ class Notifier:
             notification = await session.get_one(Notification, notification_id)
             events = await self._events(session, notification.events)
             receiver_name, kind, note = notification.receiver, notification.kind, notification.note
+            events, silence = silences.unsilenced(events, await silences.active(session, utcnow()), kind)
+            if silence is not None:
+                silences.hold_back(session, notification, silence)
+        if silence is not None:
+            log.info("notification_silenced", notification=notification_id, silence=silence.id)
+            return
         try:
             message = self.templates.render(events, kind=cast(MessageKind, kind), note=note)
-        except ValueError as exc:  # a broken template (TemplateRenderError) or no readable event
+        except (TemplateRenderError, ValueError) as exc:  # a broken template, or no readable event
             log.error("template_failed", notification=notification_id, error=str(exc)[:500])
             message = _plain(events, kind=cast(MessageKind, kind), note=f"(the template failed: {exc})")
         receiver = self.receivers.get(receiver_name)
@@ -360,19 +410,3 @@ class Notifier:
                 )
             )
         self._wake.set()
-
-    # -- reading -----------------------------------------------------------------------------------------
-
-    async def deliveries(self, *, limit: int = 100, receiver: str | None = None) -> list[dict[str, Any]]:
-        async with self.sessions() as session:
-            query = select(Delivery).order_by(Delivery.id.desc()).limit(limit)
-            if receiver is not None:
-                query = query.where(Delivery.receiver == receiver)
-            return [row.as_dict() for row in await session.scalars(query)]
-
-    async def notifications(self, *, limit: int = 100, state: str | None = None) -> list[dict[str, Any]]:
-        async with self.sessions() as session:
-            query = select(Notification).order_by(Notification.id.desc()).limit(limit)
-            if state is not None:
-                query = query.where(Notification.state == state)
-            return [row.as_dict() for row in await session.scalars(query)]

@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from conveyor.cli.alerts import alerts_app, silence_app
 from conveyor.cli.firewall import firewall_app
 
 __all__ = ["app", "run"]
@@ -54,6 +55,8 @@ keys_app = typer.Typer(
 app.add_typer(keys_app, name="keys")
 notify_app = typer.Typer(help="The notifier's routing rules.", no_args_is_help=True)
 app.add_typer(notify_app, name="notify")
+app.add_typer(alerts_app, name="alerts")
+app.add_typer(silence_app, name="silence")
 
 PackagePath = Annotated[str | None, typer.Option("--path", "-C", help="The package (default: here).")]
 
