@@ -11,8 +11,9 @@ goes to qa and is rolled back, which blocks it. Last, grace opens the firewall
 of ``qa-web-1`` for a few seconds: the node's firewall is nftables in a network
 namespace the demo makes (run as root with nftables installed; otherwise that
 part is skipped and the firewall agent answers for no node), and its agent
-restores it when the lease ends. Everything keeps running until Ctrl-C
-(``--once`` stops right after).
+restores it when the lease ends. At the end, what the notifier told: every message of its log
+receiver, and the email that reached on-call through an SMTP server the demo runs on loopback.
+Everything keeps running until Ctrl-C (``--once`` stops right after).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 import yaml
+from demo_notify import notifier_env, show_notifications, smtp_sink
 from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
@@ -296,13 +298,6 @@ def edit(text: str, timeout: float = 60) -> str:
     raise SystemExit("error: the change never reached the deployer (see .demo/*.log)")
 
 
-NOTIFIER_RULES = """\
-# The demo's notifications go to the notifier's log (.demo/notifier.log), grouped per deployment.
-receivers:
-  log: {kind: log}
-default_receiver: log
-rules: []
-"""
 FIREWALL_NODE = "qa-web-1"
 LEASE_S = 5
 
@@ -435,15 +430,12 @@ def main() -> int:
     names = [*SERVICES, *(f"changelog-listener {node}" for node in LISTENERS)]
     stack = contextlib.ExitStack()
     namespaces = firewall_node(stack)
-    (LOG_DIR / "notifier-rules.yaml").write_text(NOTIFIER_RULES)
+    mailbox, smtp_port = stack.enter_context(smtp_sink())
+    deployer_url = f"http://127.0.0.1:{args.base_port}"
+    notifier_url = f"http://127.0.0.1:{args.base_port + names.index('notifier')}"
     extras: dict[str, dict[str, str]] = {
         "deployer": {"CONVEYOR_DEPLOYER_ARTIFACT_STORE_URL": store_url},
-        "notifier": {
-            "CONVEYOR_NOTIFIER_RULES_FILE": str((LOG_DIR / "notifier-rules.yaml").resolve()),
-            # its own database, not version-db's
-            "CONVEYOR_NOTIFIER_DATABASE_URL": "sqlite+aiosqlite:///"
-            + str((LOG_DIR / "notifier.sqlite3").resolve()),
-        },
+        "notifier": notifier_env(LOG_DIR, smtp_port=smtp_port, users=USERS, deployer_url=deployer_url),
     }
     if namespaces is not None:  # the agent acts on the namespace's firewall, never this machine's
         extras["firewall-agent"] = {
@@ -464,13 +456,13 @@ def main() -> int:
         healthy = show(services, wait_until_healthy(services, timeout=30))
         if not healthy:
             return 1
-        travelled = story(Deployer(f"http://127.0.0.1:{args.base_port}"))
+        travelled = story(Deployer(deployer_url))
         if namespaces is not None:
-            travelled = (
-                firewall_story(Deployer(f"http://127.0.0.1:{args.base_port}"), namespaces) and travelled
-            )
+            travelled = firewall_story(Deployer(deployer_url), namespaces) and travelled
         time.sleep(0.5)  # version-db records the last replies as they come
         show_versions(args.base_port + 1)
+        told = show_notifications(console, notifier_url, USERS["grace"], mailbox)
+        travelled = told and travelled
         if args.once:
             return 0 if travelled else 1
         console.print(
@@ -480,7 +472,9 @@ def main() -> int:
             f"  uv run conveyor changeset releases --root {NODES_DIR / 'qa-web-1' / 'web'}\n"
             f"  CONVEYOR_VERSION_DB_URL={store_url} CONVEYOR_TOKEN={DEMO_TOKEN} uv run conveyor versions\n"
             f"  CONVEYOR_DEPLOYER_URL=http://127.0.0.1:{args.base_port} "
-            f"CONVEYOR_DEPLOYER_TOKEN={USERS['ada']} uv run conveyor promote web --to qa --watch"
+            f"CONVEYOR_DEPLOYER_TOKEN={USERS['ada']} uv run conveyor promote web --to qa --watch\n"
+            f"  CONVEYOR_NOTIFIER_URL={notifier_url} CONVEYOR_NOTIFIER_TOKEN={USERS['grace']} "
+            "uv run conveyor alerts list"
         )
         console.print("Press Ctrl-C to stop every service.")
         signal.sigwait(_STOP_SIGNALS)
