@@ -20,7 +20,7 @@ from conveyor.testing.services import RabbitEndpoint, free_port
 SERVICES = {
     # service: (queue it must declare, binding it must have)
     "version-db": ("version-db.events", "#"),
-    "notifier": ("notifier.events", "#"),
+    "notifier": ("notifier.events", "deployment.failed"),
     "deployer": ("deployer.events", "changeset.#"),
     "changelog-listener": ("listener.node-1.commands", "changeset.apply.node-1"),
     "firewall-agent": ("firewall-agent.node-1.commands", "firewall.*.node-1"),

@@ -47,8 +47,8 @@ def different(current: object, name: str) -> str:
     if isinstance(current, dict):
         if name == "firewall_policy":
             return '{"qa": {"roles": ["admin"], "max_lease_s": 60}}'
-        if name == "users":
-            return '{"ada": {"token": "a-token", "role": "deployer"}}'
+        if name == "users":  # a role both the deployer and the notifier know
+            return '{"ada": {"token": "a-token", "role": "reader"}}'
         return '{"reader": ["a-token"]}' if name == "api_tokens" else '{"dev": "amqp://u:p@h/x"}'
     if isinstance(current, list):
         if name == "packages":
