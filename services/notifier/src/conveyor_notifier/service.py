@@ -103,6 +103,7 @@ class Notifier:
         self.retention_s = retention_s
         self._sending = asyncio.Semaphore(concurrency)  # a slow receiver holds up only its own messages
         self._wake = asyncio.Event()
+        self._receiving = asyncio.Lock()
         self._stop = asyncio.Event()
         self._background = BackgroundTasks()
 
@@ -131,7 +132,9 @@ class Notifier:
         now = utcnow()
         fp = fingerprint(facts)
         try:
-            async with self.sessions.begin() as session:
+            # One event at a time: two events of one group received at once would each find no
+            # waiting notification and start one each (SQLite reads outside a transaction).
+            async with self._receiving, self.sessions.begin() as session:
                 outcome, transition = await self._receive(session, envelope, facts, fp, now)
         except IntegrityError:  # the same message id, inserted by a concurrent delivery
             outcome, transition = "redelivered", "none"
