@@ -152,7 +152,14 @@ def test_a_long_subject_is_cut_to_one_line_of_120_characters(templates: Template
 
 
 def test_rabbitmq_events_are_read_from_their_payload(templates: Templates) -> None:
-    payload = {"node": "rabbit@mq-1", "resource": "memory", "limit_bytes": 1_000_000, "note": None}
+    payload = {
+        "check": "memory_alarm",
+        "node": "rabbit@mq-1",
+        "subject": None,
+        "detail": "rabbit@mq-1 uses 0.9 GB of its 0.8 GB memory limit",
+        "value": 900_000_000,
+        "threshold": 800_000_000,
+    }
     event = EventFacts(
         message_id=str(uuid4()),
         type="rabbitmq.alarm",
@@ -167,9 +174,10 @@ def test_rabbitmq_events_are_read_from_their_payload(templates: Templates) -> No
 
     message = templates.render([event])
 
-    assert message.subject == "[prod] RabbitMQ alarm: memory on rabbit@mq-1"
+    assert message.subject == "[prod] RabbitMQ alarm: memory alarm on rabbit@mq-1"
     assert message.severity is Severity.CRITICAL
-    assert "limit_bytes: 1000000" in message.body
+    assert message.body.startswith("rabbit@mq-1 uses 0.9 GB of its 0.8 GB memory limit")
+    assert "threshold: 800000000" in message.body
     assert message.link is None
 
 

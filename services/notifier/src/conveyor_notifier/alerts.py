@@ -17,7 +17,8 @@ deployment.failed          always                       env, package          de
 changeset.failed           always                       env, node, package    changeset.applied
 firewall.disabled          severity critical (prod)     env, node             firewall.enabled
 node.host_key_changed      always                       env, node             (acknowledge only)
-rabbitmq.alarm             always                       env, node, check      rabbitmq.recovered
+rabbitmq.alarm             always                       env, node, check,     rabbitmq.recovered
+                                                        subject
 =========================  ===========================  ====================  =====================
 """
 
@@ -72,7 +73,7 @@ ALERT_KINDS: tuple[AlertKind, ...] = (
         when=lambda facts: facts.severity is Severity.CRITICAL,
     ),
     AlertKind("host-key", "node.host_key_changed", None, ("node",)),
-    AlertKind("rabbitmq", "rabbitmq.alarm", "rabbitmq.recovered", ("node", "check")),
+    AlertKind("rabbitmq", "rabbitmq.alarm", "rabbitmq.recovered", ("node", "check", "subject")),
 )
 
 

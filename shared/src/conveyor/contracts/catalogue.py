@@ -48,6 +48,9 @@ __all__ = [
     "NodeHostKeyChanged",
     "NodeOutcome",
     "PackageChanged",
+    "RabbitCheck",
+    "RabbitmqAlarm",
+    "RabbitmqRecovered",
     "VersionBlocked",
     "VersionUnblocked",
 ]
@@ -407,6 +410,44 @@ class FirewallRejected(Payload, message_type="firewall.rejected"):
     audit_hash: Sha256 | None = Field(default=None, description="that record's hash (for `audit verify`)")
 
 
+# -- RabbitMQ clusters -----------------------------------------------------------
+
+RabbitNodeName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]+@[A-Za-z0-9_.-]+$")]
+
+
+class RabbitCheck(StrEnum):
+    UNREACHABLE = "unreachable"  # no node's management API answered
+    NODE_DOWN = "node_down"
+    MEMORY_ALARM = "memory_alarm"
+    DISK_ALARM = "disk_alarm"
+    PARTITION = "partition"
+    QUORUM_LOST = "quorum_lost"  # a quorum queue with half or fewer of its members online
+    QUEUE_DEPTH = "queue_depth"
+    UNACKED = "unacked"
+    NO_CONSUMERS = "no_consumers"  # one of Conveyor's own queues has nobody consuming it
+
+
+class RabbitmqAlarm(Payload, message_type="rabbitmq.alarm"):
+    """The deployer's watch of an environment's cluster found something wrong; sent once when it starts."""
+
+    check: RabbitCheck
+    node: RabbitNodeName | None = Field(default=None, description="the broker node, when it is about one")
+    subject: str | None = Field(default=None, max_length=500, description="the queue (vhost/name), if any")
+    detail: Text
+    value: float | None = None
+    threshold: float | None = None
+
+
+class RabbitmqRecovered(Payload, message_type="rabbitmq.recovered"):
+    """What a rabbitmq.alarm reported is over."""
+
+    check: RabbitCheck
+    node: RabbitNodeName | None = None
+    subject: str | None = Field(default=None, max_length=500)
+    detail: Text
+    duration_s: Seconds = Field(description="how long the alarm lasted")
+
+
 # -- the bus itself ------------------------------------------------------------
 
 
@@ -458,6 +499,8 @@ CATALOGUE = Registry(
         FirewallDisabled,
         FirewallEnabled,
         FirewallRejected,
+        RabbitmqAlarm,
+        RabbitmqRecovered,
         MessageDeadLettered,
     ]
 )

@@ -201,6 +201,17 @@ EXAMPLES: dict[str, Payload] = {
             command="disable",
             reason="signature expired at 2026-11-26T09:35:00Z",
         ),
+        c.RabbitmqAlarm(
+            check=c.RabbitCheck.NODE_DOWN,
+            node="rabbit@qa-mq-2",
+            detail="rabbit@qa-mq-2 is not running (the management API of rabbit@qa-mq-1 says so)",
+        ),
+        c.RabbitmqRecovered(
+            check=c.RabbitCheck.NODE_DOWN,
+            node="rabbit@qa-mq-2",
+            detail="rabbit@qa-mq-2 runs again",
+            duration_s=74.0,
+        ),
         c.MessageDeadLettered(
             message_id="0d3e4f5a-6b7c-4d8e-9f00-112233445566",
             original_type="changeset.created",
