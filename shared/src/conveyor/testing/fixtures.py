@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from conveyor.testing.rabbit_cluster import RABBITMQ_SERVER, RabbitCluster, start_cluster
 from conveyor.testing.services import RabbitEndpoint, ServiceMissing, find_mysql, find_rabbitmq
 
 _RABBIT_FIXTURES = {"rabbit", "amqp_url", "vhost"}
@@ -101,3 +102,20 @@ async def mysql_url(mysql_server_url: str) -> AsyncIterator[str]:
             await connection.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
     finally:
         await server.dispose()
+
+
+@pytest.fixture(scope="session")
+def rabbit_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitCluster]:
+    """Three fresh RabbitMQ nodes on this machine in one cluster, for the whole session.
+
+    See :mod:`conveyor.testing.rabbit_cluster`; the nodes' logs stay in the session's temporary directory.
+    """
+    if not RABBITMQ_SERVER.is_file():
+        _missing(
+            ServiceMissing(
+                f"{RABBITMQ_SERVER} is missing: the cluster tests start their own RabbitMQ nodes "
+                "(apt-get install rabbitmq-server)"
+            )
+        )
+    with start_cluster(tmp_path_factory.mktemp("rabbit-cluster")) as cluster:
+        yield cluster
