@@ -13,6 +13,7 @@ from conveyor_deployer import __version__, consumers
 from conveyor_deployer.api import api_router, install_error_handlers
 from conveyor_deployer.config import Settings
 from conveyor_deployer.inventory import Inventory, InventoryError, load_inventory
+from conveyor_deployer.rabbit_api import install_rabbit_error_handlers, rabbit_router
 from conveyor_deployer.service import Deployer
 
 __all__ = ["create_app"]
@@ -50,5 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.deployer = deployer
     app.include_router(api_router(deployer, settings))
+    app.include_router(rabbit_router(deployer.rabbit))
     install_error_handlers(app)
+    install_rabbit_error_handlers(app)
     return app

@@ -64,6 +64,13 @@ class Settings(ServiceSettings):
         default=Path("/var/lib/conveyor/deployer"),
         description="promotions, node versions, blocked versions, the package mirror",
     )
+    rabbit_dir: Path = Field(
+        default=Path("/etc/conveyor/rabbitmq"),
+        description="the RabbitMQ clusters' desired state, <env>.yaml each (see deploy/rabbitmq/README.md)",
+    )
+    rabbit_watch: bool = Field(
+        default=True, description="poll every cluster with a file there; rabbitmq.alarm/recovered events"
+    )
     users: dict[str, User] = Field(
         default_factory=dict,
         description='API users: name → {"token", "role": reader|deployer|admin} (JSON); none: all refused',

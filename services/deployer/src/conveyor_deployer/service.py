@@ -46,6 +46,7 @@ from conveyor_deployer.promotions import (
     budget_of,
     plan_waves,
 )
+from conveyor_deployer.rabbit.control import RabbitControl
 from conveyor_deployer.ssh import SshError
 
 __all__ = ["Deployer", "Refused"]
@@ -96,6 +97,7 @@ class Deployer(AgentlessNodes):
             nodes=self.nodes,
             announce=self._announce,
         )
+        self.rabbit = RabbitControl(settings, inventory, self.nodes, self._announce_if_known)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -106,6 +108,7 @@ class Deployer(AgentlessNodes):
             log.warning("no_signing_key", path=str(self.settings.signing_key_file))
         for env, outbox in self.outboxes.items():
             self._background.append(asyncio.create_task(outbox.run(self._stop), name=f"outbox:{env}"))
+        await self.rabbit.start()
         for promotion in self.promotions.unfinished():
             if promotion.state is PromotionState.RUNNING:
                 log.info("promotion_resumed", promotion=str(promotion.id))
@@ -117,12 +120,19 @@ class Deployer(AgentlessNodes):
 
     async def stop(self) -> None:
         self._stop.set()
+        await self.rabbit.stop()
         await self.nodes.close()
         for task in [*self._tasks.values(), *self._background]:
             task.cancel()
         for task in [*self._tasks.values(), *self._background]:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+    def _announce_if_known(self, env: str, payload: Payload) -> None:
+        if env in self.outboxes:
+            self._announce(env, payload)
+        else:
+            log.error("no_broker_for_env", env=env, message_type=payload.message_type)
 
     def _launch(self, promotion: Promotion) -> None:
         self._changed.setdefault(promotion.id, asyncio.Event())

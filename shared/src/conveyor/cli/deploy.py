@@ -73,6 +73,8 @@ def _call(
         raise ApiError(
             f"{detail if isinstance(detail, str) else json.dumps(detail)} ({response.status_code})"
         )
+    if not response.headers.get("content-type", "").startswith("application/json"):
+        return response.text  # e.g. rabbitmq.conf, an exported state
     return response.json()
 
 

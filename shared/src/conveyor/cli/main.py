@@ -13,6 +13,7 @@ import typer
 
 from conveyor.cli.alerts import alerts_app, silence_app
 from conveyor.cli.firewall import firewall_app
+from conveyor.cli.rabbit import rabbit_app
 
 __all__ = ["app", "run"]
 
@@ -57,6 +58,7 @@ notify_app = typer.Typer(help="The notifier's routing rules.", no_args_is_help=T
 app.add_typer(notify_app, name="notify")
 app.add_typer(alerts_app, name="alerts")
 app.add_typer(silence_app, name="silence")
+app.add_typer(rabbit_app, name="rabbit")
 
 PackagePath = Annotated[str | None, typer.Option("--path", "-C", help="The package (default: here).")]
 

@@ -1,0 +1,1 @@
+"""RabbitMQ clusters per environment: desired state, plan and apply, cluster control, monitoring."""
