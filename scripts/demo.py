@@ -12,7 +12,8 @@ of ``qa-web-1`` for a few seconds: the node's firewall is nftables in a network
 namespace the demo makes (run as root with nftables installed; otherwise that
 part is skipped and the firewall agent answers for no node), and its agent
 restores it when the lease ends. At the end, what the notifier told: every message of its log
-receiver, and the email that reached on-call through an SMTP server the demo runs on loopback.
+receiver, and the email that reached on-call through an SMTP server the demo runs on loopback, and
+``conveyor rabbit status`` for the local broker's three vhosts.
 Everything keeps running until Ctrl-C (``--once`` stops right after).
 """
 
@@ -36,6 +37,7 @@ from urllib.parse import unquote, urlsplit
 import httpx
 import yaml
 from demo_notify import notifier_env, show_notifications, smtp_sink
+from demo_rabbit import rabbit_env, show_rabbit_status
 from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
@@ -434,7 +436,10 @@ def main() -> int:
     deployer_url = f"http://127.0.0.1:{args.base_port}"
     notifier_url = f"http://127.0.0.1:{args.base_port + names.index('notifier')}"
     extras: dict[str, dict[str, str]] = {
-        "deployer": {"CONVEYOR_DEPLOYER_ARTIFACT_STORE_URL": store_url},
+        "deployer": {
+            "CONVEYOR_DEPLOYER_ARTIFACT_STORE_URL": store_url,
+            **rabbit_env(LOG_DIR, args.management_url, "guest", "guest"),
+        },
         "notifier": notifier_env(LOG_DIR, smtp_port=smtp_port, users=USERS, deployer_url=deployer_url),
     }
     if namespaces is not None:  # the agent acts on the namespace's firewall, never this machine's
@@ -462,7 +467,8 @@ def main() -> int:
         time.sleep(0.5)  # version-db records the last replies as they come
         show_versions(args.base_port + 1)
         told = show_notifications(console, notifier_url, USERS["grace"], mailbox)
-        travelled = told and travelled
+        watched = show_rabbit_status(deployer_url, USERS["grace"])
+        travelled = told and watched and travelled
         if args.once:
             return 0 if travelled else 1
         console.print(
