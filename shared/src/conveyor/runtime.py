@@ -257,8 +257,38 @@ def _exit_after_graceful_stop(signum: int, _: object) -> None:
     raise SystemExit(0 if signum == signal.SIGTERM else 128 + signum)
 
 
+def _answer_flags(settings_class: type[ServiceSettings]) -> None:
+    import sys  # noqa: PLC0415
+    from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
+
+    name = settings_class.service_name
+    args = sys.argv[1:]
+    if not args:
+        return
+    try:
+        release = version(f"conveyor-{name}")
+    except PackageNotFoundError:
+        release = "unknown"
+    if args == ["--version"]:
+        print(f"conveyor-{name} {release}")
+        raise SystemExit(0)
+    if args in (["--help"], ["-h"]):
+        prefix = settings_class.model_config.get("env_prefix", "")
+        print(f"usage: conveyor-{name} [--help | --version]\n")
+        print(f"Conveyor's {name} service ({release}); runs until SIGTERM. Configured by environment")
+        print(f"variables (nested settings with '__'); `conveyor config show --service {name}` shows them:\n")
+        for field, info in settings_class.model_fields.items():
+            print(f"  {(prefix + field.upper()):<48} {info.description or ''}")
+        raise SystemExit(0)
+    given = " ".join(args)
+    print(f"conveyor-{name}: takes no arguments but --help or --version (got {given})", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def run_service(settings_class: type[S], create_app: Callable[[S], FastAPI]) -> None:
-    """A service's ``main()``: settings, JSON logging, then serve until SIGTERM."""
+    """A service's ``main()``: settings, JSON logging, then serve until SIGTERM. ``--help`` says what
+    configures it and ``--version`` which version it is, and neither starts anything."""
+    _answer_flags(settings_class)
     settings = load_settings(settings_class)
     configure_logging(
         service=settings_class.service_name, level=settings.log_level, fmt=settings.log_format.value
