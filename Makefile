@@ -2,7 +2,7 @@
 UV ?= uv
 PYTEST_WORKERS ?= auto
 
-.PHONY: setup services demo test lint format docs docs-check bench clean
+.PHONY: setup services demo test lint format docs docs-check bench repo publish dist clean
 
 setup:
 	$(UV) sync --frozen
@@ -40,5 +40,15 @@ bench: setup
 	$(UV) run --frozen python bench/changeset/run.py
 	$(UV) run --frozen python bench/deploy/run.py
 
+dist: setup
+	$(UV) build --all-packages -o dist
+
+# The central package index (pypiserver) on 127.0.0.1:8180; uploads need CONVEYOR_REPO_USER/PASSWORD.
+repo: setup
+	$(UV) run --frozen python scripts/repo.py serve
+
+publish: setup
+	$(UV) run --frozen python scripts/repo.py publish
+
 clean:
-	rm -rf .demo .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .demo .repo dist .pytest_cache .mypy_cache .ruff_cache

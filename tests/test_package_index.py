@@ -1,0 +1,138 @@
+"""The central package index, end to end: every package built, a private index (pypiserver) started on
+loopback with upload authentication, everything published with the dependencies' wheels, then a fresh
+virtual environment that installs conveyor-changelog-listener from that index alone and runs it
+against the real broker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import venv
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conveyor.testing.services import RabbitEndpoint, free_port
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+import repo
+
+pytestmark = pytest.mark.rabbitmq
+
+
+@pytest.fixture(scope="module")
+def index(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """An index on loopback: uploads as 'publisher', downloads for anyone."""
+    directory = tmp_path_factory.mktemp("index")
+    passwords = directory / "htpasswd"
+    repo.htpasswd(passwords, "publisher", "s3cret-upload")
+    port = free_port()
+    (directory / "packages").mkdir()
+    with (directory / "index.log").open("wb") as log:
+        process = subprocess.Popen(
+            repo.serve_command(directory / "packages", port, "127.0.0.1", passwords),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{url}/simple/", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert process.poll() is None, (directory / "index.log").read_text()
+            assert time.monotonic() < deadline, "the index did not come up"
+            time.sleep(0.1)
+        yield url
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=10)
+
+
+def test_an_upload_without_the_password_is_refused(index: str, tmp_path: Path) -> None:
+    [wheel] = [p for p in repo.build(tmp_path / "dist") if p.name.startswith("conveyor_firewall_agent")][:1]
+    with pytest.raises(repo.RepoError, match=r"upload to http://127\.0\.0\.1:\d+ failed"):
+        repo.upload([wheel], index, "publisher", "wrong")
+    assert "conveyor-firewall-agent" not in httpx.get(f"{index}/simple/", timeout=5).text
+
+
+def test_a_node_installs_the_listener_from_the_index_alone_and_runs_it(
+    index: str, tmp_path: Path, rabbit: RabbitEndpoint
+) -> None:
+    own = repo.build(tmp_path / "dist")
+    assert {p.name.split("-")[0] for p in own} == {
+        "conveyor",
+        "conveyor_version_db",
+        "conveyor_deployer",
+        "conveyor_notifier",
+        "conveyor_changelog_listener",
+        "conveyor_firewall_agent",
+    }
+    versions = {p.name.split("-")[1].removesuffix(".tar.gz") for p in own}
+    assert len(versions) == 1  # one version for the whole repository
+    repo.upload(own, index, "publisher", "s3cret-upload")
+    wheels = repo.dependency_wheels(tmp_path / "deps", ("conveyor-changelog-listener",))
+    repo.upload(wheels, index, "publisher", "s3cret-upload")
+    repo.upload(own, index, "publisher", "s3cret-upload")  # again: what is there is skipped
+
+    node = tmp_path / "node-venv"
+    venv.create(node, with_pip=True)
+    isolated = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "PIP_CONFIG_FILE": os.devnull,
+        "PIP_NO_CACHE_DIR": "1",
+    }
+    install = subprocess.run(
+        [
+            *(str(node / "bin" / "pip"), "install", "--isolated"),
+            *("--index-url", f"{index}/simple/", "conveyor-changelog-listener"),
+        ],
+        env=isolated,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert install.returncode == 0, install.stdout[-3000:] + install.stderr[-3000:]
+    listener = node / "bin" / "conveyor-changelog-listener"
+    shown = subprocess.run(
+        [str(listener), "--help"], env=isolated, capture_output=True, text=True, check=False
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "CONVEYOR_CHANGELOG_LISTENER_ENVS" in shown.stdout
+
+    port = free_port()
+    with rabbit.private_vhost("index") as vhost:
+        env = isolated | {
+            "CONVEYOR_CHANGELOG_LISTENER_ENVS": f'{{"dev": "{rabbit.url_for(vhost)}"}}',
+            "CONVEYOR_CHANGELOG_LISTENER_ENV": "dev",
+            "CONVEYOR_CHANGELOG_LISTENER_NODE": "index-node-1",
+            "CONVEYOR_CHANGELOG_LISTENER_HTTP_PORT": str(port),
+            "CONVEYOR_CHANGELOG_LISTENER_STATE_DIR": str(tmp_path / "state"),
+        }
+        process = subprocess.Popen([str(listener)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 60
+            health: dict[str, object] = {}
+            while time.monotonic() < deadline and process.poll() is None:
+                try:
+                    health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).json()
+                except httpx.HTTPError:
+                    health = {}
+                if health.get("status") == "ok":
+                    break
+                time.sleep(0.2)
+            assert health.get("status") == "ok", health
+        finally:
+            process.send_signal(signal.SIGTERM)
+            output, _ = process.communicate(timeout=30)
+        assert process.returncode == 0, output.decode()[-3000:]
