@@ -202,7 +202,7 @@ def world(rabbit: RabbitEndpoint, tmp_path_factory: pytest.TempPathFactory) -> I
             )
         estate.deployer_env = {
             "CONVEYOR_DEPLOYER_FIREWALL_POLICY": json.dumps(POLICY),
-            "CONVEYOR_DEPLOYER_FIREWALL_REPLY_TIMEOUT_S": "8",
+            "CONVEYOR_DEPLOYER_FIREWALL_REPLY_TIMEOUT_S": "30",  # firewalld reloads slowly under load
             "CONVEYOR_DEPLOYER_FIREWALL_AUDIT_FILE": str(tmp / "{node}" / "state" / "audit.jsonl"),
         }
         if "qa-firewalld" in nodes:  # the test's own firewall-cmd calls (listings) ask that node's bus
