@@ -17,7 +17,15 @@ from pathlib import Path
 import httpx
 import pytest
 
+from conveyor.signing import SigningKey
 from conveyor.testing.services import RabbitEndpoint, free_port
+from conveyor.testing.sshd import SshNode, client_key
+from conveyor.testing.supervisor import Supervisor
+from conveyor_deployer import __version__ as deployer_version
+from conveyor_deployer.bootstrap import AgentPlan, bootstrap
+from conveyor_deployer.config import Settings
+from conveyor_deployer.inventory import Inventory
+from conveyor_deployer.nodes import NodeAccess
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 import repo
@@ -136,3 +144,77 @@ def test_a_node_installs_the_listener_from_the_index_alone_and_runs_it(
             process.send_signal(signal.SIGTERM)
             output, _ = process.communicate(timeout=30)
         assert process.returncode == 0, output.decode()[-3000:]
+
+
+async def test_bootstrap_installs_the_agents_from_the_index_instead_of_uploading_wheels(
+    index: str, tmp_path: Path, amqp_url: str
+) -> None:
+    """After the test above published everything: a node bootstrapped over SSH gets the listener of
+    the deployer's version from the index; a second bootstrap installs nothing."""
+    key_path, key_line = client_key(tmp_path / "deployer")
+    root = tmp_path / "node-root"
+    prefix, include = root / "opt" / "conveyor", root / "etc" / "supervisor" / "conveyor.conf"
+    with SshNode(tmp_path / "ssh", "qa-web-1") as host:
+        host.authorize(key_line)
+        inventory = Inventory.model_validate(
+            {
+                "environments": [
+                    {
+                        "name": "qa",
+                        "clusters": [
+                            {
+                                "name": "web",
+                                "nodes": [
+                                    {
+                                        "name": host.name,
+                                        "address": host.address,
+                                        "ssh_port": host.port,
+                                        "ssh_user": "root",
+                                        "service_manager": "supervisord",
+                                    }
+                                ],
+                            }
+                        ],
+                    }
+                ]
+            }
+        )
+        settings = Settings(
+            known_hosts_file=tmp_path / "known_hosts", ssh_key_file=key_path, state_dir=tmp_path
+        )
+        access = NodeAccess(settings, inventory, lambda env, payload, actor=None: None)
+        node = inventory.node(host.name)[1]
+        supervisor = Supervisor(tmp_path / "supervisor", include=[include])
+        plan = AgentPlan(
+            envs={"qa": amqp_url},
+            artifact_store_url="http://127.0.0.1:8101",
+            trusted_keys=[SigningKey.generate().public_key_text()],
+            prefix=str(prefix),
+            python=sys.executable,
+            listener_http_port=free_port(),
+            install_firewall_agent=False,
+            supervisor_conf=str(supervisor.config_path),
+            supervisor_include=str(include),
+            supervisorctl=str(Path(sys.executable).parent / "supervisorctl"),
+            index_url=f"{index}/simple/",
+            from_index=deployer_version,
+            pip_env={"PIP_NO_CACHE_DIR": "1", "PIP_CONFIG_FILE": os.devnull},
+        )
+        with supervisor:
+            try:
+                await access.trust(node.name, host.host_key_fingerprint, replace=False)
+                first = await bootstrap(access, node, "qa", wheels=[], plan=plan)
+                assert first.error is None, first.error
+                assert first.changed[:2] == ["venv", "install"]
+                assert not (prefix / "wheels").exists() or not any((prefix / "wheels").iterdir())
+                assert (
+                    f"conveyor-changelog-listener=={deployer_version}"
+                    in (prefix / "installed.txt").read_text()
+                )
+                assert index not in (prefix / "installed.txt").read_text()
+                supervisor.wait_state("conveyor-changelog-listener", "RUNNING", timeout=30)
+                again = await bootstrap(access, node, "qa", wheels=[], plan=plan)
+                assert again.error is None, again.error
+                assert again.changed == []
+            finally:
+                await access.close()

@@ -18,6 +18,7 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from conveyor_deployer import __version__
 from conveyor_deployer.bootstrap import (
     AgentPlan,
     BootstrapReport,
@@ -257,6 +258,7 @@ def _node_routes(router: APIRouter, deployer: Deployer, settings: Settings) -> N
                 prefix=settings.agent_prefix,
                 python=settings.agent_python,
                 index_url=settings.agent_index_url,
+                from_index=__version__ if settings.agent_from_index else None,
                 listener_http_port=settings.listener_http_port,
                 firewall_http_port=settings.firewall_http_port,
                 install_firewall_agent=settings.install_firewall_agent,
@@ -268,7 +270,7 @@ def _node_routes(router: APIRouter, deployer: Deployer, settings: Settings) -> N
                 install_timeout_s=settings.bootstrap_install_timeout_s,
                 health_timeout_s=settings.bootstrap_health_timeout_s,
             )
-            wheels = sorted(settings.bootstrap_wheels_dir.glob("*.whl"))
+            wheels = [] if settings.agent_from_index else sorted(settings.bootstrap_wheels_dir.glob("*.whl"))
             if not settings.ctl_in_bootstrap:
                 reports = await bootstrap_env(
                     deployer.nodes, body.env, wheels=wheels, plan=plan, node=body.node

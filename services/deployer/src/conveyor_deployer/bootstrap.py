@@ -22,8 +22,11 @@ supervisord include file with a ``[program:conveyor-<agent>]`` per agent (``rere
 these programs when it changed, ``restart`` of an agent a change affects, ``start`` of one not running).
 
 pip installs the agents' dependencies from the node's configured index (``plan.index_url`` or
-``PIP_*`` variables in ``plan.pip_env`` point it elsewhere). With no wheels given, the installed software
-is left as it is and only the configuration is brought up to date (a trusted-key rotation, say).
+``PIP_*`` variables in ``plan.pip_env`` point it elsewhere). With ``plan.from_index`` (a version), no
+wheel is uploaded: the agents of that version and everything they need come from ``plan.index_url``,
+Conveyor's central package index (``make repo`` / ``make publish``). With no wheels given, the installed
+software is left as it is and only the configuration is brought up to date (a trusted-key rotation,
+say).
 
 Configuration files are written only when their sha256 differs from the plan's, through a temporary file
 renamed over them (secrets through a 0700 staging directory, so they are never readable by others). After
@@ -117,6 +120,9 @@ class AgentPlan:
     systemd_dir: str = "/etc/systemd/system"
     index_url: str | None = None
     """pip's index for the agents' dependencies; ``None``: the node's pip configuration (PyPI)."""
+    from_index: str | None = None
+    """Install the agents of this version from ``index_url`` (Conveyor's central package index) instead
+    of uploading wheels."""
     pip_env: Mapping[str, str] = field(default_factory=dict)
     """Environment of the pip runs on the node (``PIP_CACHE_DIR``, ``PIP_INDEX_URL``…)."""
     control_user: str | None = None
@@ -345,12 +351,14 @@ class _Bootstrap:
         plan = self.plan
         if self.env not in plan.envs:
             raise BootstrapError(f"the plan has no AMQP URL for env {self.env!r} ({', '.join(plan.envs)})")
-        wheels = await asyncio.to_thread(self._local_wheels)
+        wheels = [] if plan.from_index else await asyncio.to_thread(self._local_wheels)
         # The first connection checks the host key; a changed one is reported (node.host_key_changed).
         await self.access.run(self.node, ["true"])
         files = self._files()
         probe = await self._probe([*files, f"{plan.prefix}/installed.txt", *self._unit_paths()])
-        if wheels:
+        if plan.from_index:
+            await self._install_from_index(plan.from_index, probe)
+        elif wheels:
             await self._install(wheels, probe)
         elif not probe.venv_ok:
             raise BootstrapError(
@@ -415,6 +423,38 @@ exit 0
             elif kind == "venv":
                 probe.venv_ok = True
         return probe
+
+    async def _install_from_index(self, release: str, probe: _Probe) -> None:
+        """The agents of ``release`` from the central package index, with everything they need."""
+        plan = self.plan
+        if not plan.index_url:
+            raise BootstrapError(
+                "installing the agents from the package index needs its URL (AGENT_INDEX_URL)"
+            )
+        q = shlex.quote
+        packages = [f"conveyor-changelog-listener=={release}"]
+        if plan.install_firewall_agent:
+            packages.append(f"conveyor-firewall-agent=={release}")
+        new_venv = not probe.venv_ok
+        if new_venv:
+            await self.sh(f"{q(plan.python)} -m venv --clear {q(plan.venv)}", timeout=plan.install_timeout_s)
+            self.changed("venv")
+        index = hashlib.sha256(plan.index_url.encode()).hexdigest()[:16]  # the URL may hold a password
+        installed = "".join(f"index:{index}  {p}\n" for p in packages).encode()
+        installed_path = f"{plan.prefix}/installed.txt"
+        if not new_venv and probe.files.get(installed_path) == _sha256(installed):
+            return
+        environment = {"PIP_DISABLE_PIP_VERSION_CHECK": "1", **plan.pip_env, "PIP_INDEX_URL": plan.index_url}
+        pip_env = f"{plan.prefix}/.staging/pip.env"
+        await self.pool.put(self.target, self._local_file(_env_file("", environment)), pip_env, mode=0o600)
+        pip = f"set -a; . {q(pip_env)}; set +a; exec {q(plan.venv)}/bin/python -m pip install"
+        try:
+            await self.sh(f"{pip} {' '.join(map(q, packages))}", timeout=plan.install_timeout_s)
+        finally:
+            with contextlib.suppress(SshError):
+                await self.pool.run(self.target, ["rm", "-f", pip_env], check=False)
+        await self.write(installed_path, installed, 0o644)
+        self.changed("install", *self.agents)
 
     async def _install(self, wheels: list[_Wheel], probe: _Probe) -> None:
         plan = self.plan

@@ -125,6 +125,11 @@ class Settings(ServiceSettings):
         description="package index for the agents' dependencies",
         json_schema_extra={"doc_default": "the node's pip configuration"},
     )
+    agent_from_index: bool = Field(
+        default=False,
+        description="bootstrap installs the agents of the deployer's own version from AGENT_INDEX_URL "
+        "(the central package index) instead of uploading BOOTSTRAP_WHEELS_DIR",
+    )
     listener_http_port: int = Field(default=8103, ge=1, le=65535, description="the listener's port on nodes")
     firewall_http_port: int = Field(default=8104, ge=1, le=65535, description="the firewall agent's port")
     install_firewall_agent: bool = Field(default=True, description="bootstrap installs the firewall agent")
