@@ -86,3 +86,7 @@ if ! command -v firewalld >/dev/null 2>&1 || ! command -v dbus-daemon >/dev/null
         trap - EXIT
     fi
 fi
+
+# -- docker-compose (tests/test_compose.py renders docker-compose.yml with `docker-compose config`) -----
+# Only the client: rendering needs no engine, so Debian's recommended docker.io is left out.
+command -v docker-compose >/dev/null 2>&1 || apt_install --no-install-recommends docker-compose
