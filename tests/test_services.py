@@ -19,7 +19,7 @@ from conveyor.testing.services import RabbitEndpoint, free_port
 
 SERVICES = {
     # service: (queue it must declare, binding it must have)
-    "version-db": ("version-db.events", "#"),
+    "version-db": ("version-db.events", "changeset.created"),
     "notifier": ("notifier.events", "deployment.failed"),
     "deployer": ("deployer.events", "changeset.#"),
     "changelog-listener": ("listener.node-1.commands", "changeset.apply.node-1"),

@@ -10,7 +10,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from conveyor.bus import Consumer, QueueSpec
-from conveyor.contracts import Envelope
+from conveyor.contracts import CATALOGUE, Envelope, MessageKind
 from conveyor.observability import get_logger
 from conveyor_version_db.config import Settings
 from conveyor_version_db.service import RECORDERS, record
@@ -24,8 +24,12 @@ log = get_logger(__name__)
 
 
 def queues(settings: Settings, env: str) -> list[QueueSpec]:
+    """Bound to every event type of Conveyor's catalogue (an event's routing key is its type), not
+    to ``#``: events other applications publish on the exchange are not Conveyor's to record, and
+    would be dead-lettered as unknown types."""
     del settings, env
-    return [QueueSpec(name=QUEUE, binding_keys=("#",))]
+    types = sorted(m.message_type for m in CATALOGUE if m.kind is MessageKind.EVENT)
+    return [QueueSpec(name=QUEUE, binding_keys=tuple(types))]
 
 
 def recording_handlers(sessions: async_sessionmaker[AsyncSession]) -> Callable[[Consumer], None]:
