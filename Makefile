@@ -19,7 +19,7 @@ test: setup services
 lint: setup
 	$(UV) run --frozen ruff check .
 	$(UV) run --frozen ruff format --check .
-	$(UV) run --frozen mypy shared/src services/*/src scripts shared/tests tests bench
+	$(UV) run --frozen mypy shared/src services/*/src scripts shared/tests tests bench examples
 	$(MAKE) --no-print-directory docs-check
 
 format: setup
