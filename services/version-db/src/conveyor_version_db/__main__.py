@@ -11,7 +11,7 @@ from conveyor_version_db.app import create_app
 from conveyor_version_db.config import Settings
 from conveyor_version_db.db import create_engine, downgrade, migrate
 
-USAGE = "usage: conveyor-version-db [serve | migrate [REVISION] | downgrade REVISION]"
+USAGE = "usage: conveyor-version-db [serve | migrate [REVISION] | downgrade REVISION | --help | --version]"
 
 
 async def _migrations(action: str, revision: str) -> None:
@@ -25,7 +25,10 @@ async def _migrations(action: str, revision: str) -> None:
 
 def main() -> None:
     args = sys.argv[1:]
-    if not args or args == ["serve"]:
+    if args in (["--help"], ["-h"], ["--version"]):
+        run_service(Settings, create_app)  # answers them and exits, starting nothing
+    elif not args or args == ["serve"]:
+        del sys.argv[1:]  # run_service takes no arguments
         run_service(Settings, create_app)
     elif args[0] == "migrate" and len(args) <= 2:
         asyncio.run(_migrations("migrate", args[1] if len(args) == 2 else "head"))
