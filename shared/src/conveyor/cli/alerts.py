@@ -30,43 +30,22 @@ _COLOURS = {
 }
 
 
-class _ApiError(Exception):
-    pass
-
-
 def _call(method: str, path: str, *, body: Any = None, params: dict[str, Any] | None = None) -> Any:
-    import httpx  # noqa: PLC0415
-
+    from conveyor.cli.deploy import request  # noqa: PLC0415
     from conveyor.settings import CliSettings, load_settings  # noqa: PLC0415
 
     settings = load_settings(CliSettings)
     secret = settings.notifier_token or settings.token
-    headers = {"Authorization": f"Bearer {secret.get_secret_value()}"} if secret else {}
-    query = {k: v for k, v in (params or {}).items() if v is not None}
-    url = f"{settings.notifier_url.rstrip('/')}{path}"
-    try:
-        response = httpx.request(method, url, json=body, params=query, headers=headers, timeout=30)
-    except httpx.HTTPError as exc:
-        raise _ApiError(f"cannot reach the notifier at {settings.notifier_url}: {exc}") from None
-    if response.is_error:
-        try:
-            detail = response.json().get("detail", response.text)
-        except ValueError:
-            detail = response.text[:300]
-        if response.status_code == 401:
-            detail = f"{detail}; set CONVEYOR_NOTIFIER_TOKEN (or CONVEYOR_TOKEN)"
-        raise _ApiError(
-            f"{detail if isinstance(detail, str) else json.dumps(detail)} ({response.status_code})"
-        )
-    return response.json()
+    return request("notifier", settings.notifier_url, secret, method, path, body=body, params=params)
 
 
 def _run(method: str, path: str, render: Any, *, as_json: bool, body: Any = None, **params: Any) -> int:
+    from conveyor.cli.deploy import ApiError  # noqa: PLC0415
     from conveyor.cli.output import error  # noqa: PLC0415
 
     try:
         data = _call(method, path, body=body, params=params)
-    except _ApiError as exc:
+    except ApiError as exc:
         error(str(exc))
         return 1
     if as_json:

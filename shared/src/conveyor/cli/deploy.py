@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import typer
+from pydantic import SecretStr
 from rich.console import Group
 from rich.live import Live
 from rich.progress_bar import ProgressBar
@@ -19,6 +20,7 @@ from conveyor.cli.output import console, error
 from conveyor.settings import CliSettings, load_settings
 
 __all__ = [
+    "ApiError",
     "approve",
     "blocked",
     "bootstrap",
@@ -27,6 +29,7 @@ __all__ = [
     "promote",
     "promotions",
     "reject",
+    "request",
     "retry",
     "rollback",
     "show",
@@ -51,31 +54,51 @@ class ApiError(Exception):
     pass
 
 
-def _call(
-    method: str, path: str, *, body: Any = None, params: dict[str, Any] | None = None, timeout: float = 30
+def request(
+    service: str,
+    base_url: str,
+    secret: SecretStr | None,
+    method: str,
+    path: str,
+    *,
+    body: Any = None,
+    params: dict[str, Any] | None = None,
+    timeout: float = 30,
 ) -> Any:
-    settings = load_settings(CliSettings)
-    secret = settings.deployer_token or settings.token
+    """A request to a Conveyor service's API with the caller's bearer token: its JSON answer (or text,
+    e.g. rabbitmq.conf), or ``ApiError`` with the service's one-line reason."""
     headers = {"Authorization": f"Bearer {secret.get_secret_value()}"} if secret else {}
     query = {k: v for k, v in (params or {}).items() if v is not None}
-    url = f"{settings.deployer_url.rstrip('/')}{path}"
     try:
-        response = httpx.request(method, url, json=body, params=query, headers=headers, timeout=timeout)
+        response = httpx.request(
+            method, f"{base_url.rstrip('/')}{path}", json=body, params=query, headers=headers, timeout=timeout
+        )
     except httpx.HTTPError as exc:
-        raise ApiError(f"cannot reach the deployer at {settings.deployer_url}: {exc}") from None
+        raise ApiError(f"cannot reach the {service} at {base_url}: {exc}") from None
     if response.is_error:
         try:
             detail = response.json().get("detail", response.text)
         except ValueError:
             detail = response.text[:300]
         if response.status_code == 401:
-            detail = f"{detail}; set CONVEYOR_DEPLOYER_TOKEN (or CONVEYOR_TOKEN)"
+            variable = f"CONVEYOR_{service.upper().replace('-', '_')}_TOKEN"
+            detail = f"{detail}; set {variable} (or CONVEYOR_TOKEN)"
         raise ApiError(
             f"{detail if isinstance(detail, str) else json.dumps(detail)} ({response.status_code})"
         )
     if not response.headers.get("content-type", "").startswith("application/json"):
         return response.text  # e.g. rabbitmq.conf, an exported state
     return response.json()
+
+
+def _call(
+    method: str, path: str, *, body: Any = None, params: dict[str, Any] | None = None, timeout: float = 30
+) -> Any:
+    settings = load_settings(CliSettings)
+    secret = settings.deployer_token or settings.token
+    return request(
+        "deployer", settings.deployer_url, secret, method, path, body=body, params=params, timeout=timeout
+    )
 
 
 def _colour(state: str) -> str:
