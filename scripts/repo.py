@@ -14,10 +14,14 @@ reachable. A file the index already has is skipped.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,7 +34,16 @@ PACKAGES = (
     "conveyor-firewall-agent",
 )
 
-__all__ = ["PACKAGES", "build", "dependency_wheels", "htpasswd", "publish", "serve_command", "upload"]
+__all__ = [
+    "PACKAGES",
+    "build",
+    "dependency_wheels",
+    "htpasswd",
+    "publish",
+    "running",
+    "serve_command",
+    "upload",
+]
 
 
 class RepoError(RuntimeError):
@@ -72,6 +85,40 @@ def serve_command(directory: Path, port: int, host: str, passwords: Path) -> lis
         "--disable-fallback",
         str(directory),
     ]
+
+
+@contextlib.contextmanager
+def running(
+    directory: Path, user: str, password: str, *, port: int, host: str = "127.0.0.1"
+) -> Iterator[str]:
+    """The index serving ``directory/packages`` (uploads as ``user``), until the block ends: its URL.
+    ``RepoError`` with the index's log when it does not answer within 30 s."""
+    import httpx  # noqa: PLC0415
+
+    (directory / "packages").mkdir(parents=True, exist_ok=True)
+    passwords = directory / "htpasswd"
+    htpasswd(passwords, user, password)
+    log_path = directory / "index.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            serve_command(directory / "packages", port, host, passwords), stdout=log, stderr=subprocess.STDOUT
+        )
+    url = f"http://{host}:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{url}/simple/", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RepoError(f"the index at {url} did not come up: {log_path.read_text()[-2000:]}")
+            time.sleep(0.1)
+        yield url
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=10)
 
 
 def build(out: Path) -> list[Path]:

@@ -36,33 +36,10 @@ pytestmark = pytest.mark.rabbitmq
 @pytest.fixture(scope="module")
 def index(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """An index on loopback: uploads as 'publisher', downloads for anyone."""
-    directory = tmp_path_factory.mktemp("index")
-    passwords = directory / "htpasswd"
-    repo.htpasswd(passwords, "publisher", "s3cret-upload")
-    port = free_port()
-    (directory / "packages").mkdir()
-    with (directory / "index.log").open("wb") as log:
-        process = subprocess.Popen(
-            repo.serve_command(directory / "packages", port, "127.0.0.1", passwords),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/simple/", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert process.poll() is None, (directory / "index.log").read_text()
-            assert time.monotonic() < deadline, "the index did not come up"
-            time.sleep(0.1)
+    with repo.running(
+        tmp_path_factory.mktemp("index"), "publisher", "s3cret-upload", port=free_port()
+    ) as url:
         yield url
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=10)
 
 
 def test_an_upload_without_the_password_is_refused(index: str, tmp_path: Path) -> None:
